@@ -1,0 +1,139 @@
+"""Print what each record_* helper costs relative to a bare prometheus_client call.
+
+Run with ``.venv/bin/python benchmarks/bench_record.py`` after ``python3 scripts/test.py``
+has created the virtual environment, or from any environment with the package installed.
+
+All cases run interleaved in one process: every round times each case once, and a
+case's ratio is the median over rounds of (case - empty loop) / (baseline - empty loop),
+so drift in CPU frequency or load hits the case and its baseline alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import timeit
+
+from prometheus_client import CollectorRegistry
+
+from veza_business_metrics import BusinessMetrics, LoginOutcome, OrderStatus
+
+IMPORT_PROBE = """
+import time, prometheus_client
+start = time.perf_counter()
+import veza_business_metrics
+print(time.perf_counter() - start)
+"""
+
+
+def _namespace() -> dict[str, object]:
+    metrics = BusinessMetrics(CollectorRegistry())
+    return {
+        "metrics": metrics,
+        "login_child": metrics.logins_total.labels("success"),
+        "order_child": metrics.orders_total.labels("completed"),
+        "deletions": metrics.account_deletions_total,
+        "revenue_child": metrics.revenue_cents_total.labels("EUR"),
+        "counter": metrics.logins_total,
+        "record_login_success": metrics.record_login_success,
+        "record_order_completed": metrics.record_order_completed,
+        "record_account_deletion": metrics.record_account_deletion,
+        "record_login": metrics.record_login,
+        "record_order_event": metrics.record_order_event,
+        "record_revenue": metrics.record_revenue,
+        "record_refund": metrics.record_refund,
+        "SUCCESS": LoginOutcome.SUCCESS,
+        "COMPLETED": OrderStatus.COMPLETED,
+    }
+
+
+# (label, statement, baseline statement, target ratio or None)
+CASES = [
+    ("record_login_success()", "record_login_success()", "login_child.inc()", 1.10),
+    ("record_order_completed()", "record_order_completed()", "order_child.inc()", 1.10),
+    ("record_account_deletion()", "record_account_deletion()", "deletions.inc()", 1.10),
+    ("record_login('success')", "record_login('success')", "login_child.inc()", 1.20),
+    ("record_login(LoginOutcome.SUCCESS)", "record_login(SUCCESS)", "login_child.inc()", 1.20),
+    (
+        "record_order_event('completed')",
+        "record_order_event('completed')",
+        "order_child.inc()",
+        1.20,
+    ),
+    (
+        "record_order_event(OrderStatus.X)",
+        "record_order_event(COMPLETED)",
+        "order_child.inc()",
+        1.20,
+    ),
+    (
+        "record_revenue(1999, 'EUR')",
+        "record_revenue(1999, 'EUR')",
+        "revenue_child.inc(1999)",
+        1.30,
+    ),
+    ("record_refund(1999, 'EUR')", "record_refund(1999, 'EUR')", "revenue_child.inc(1999)", None),
+    (
+        "counter.labels('success').inc() (naive)",
+        "counter.labels('success').inc()",
+        "login_child.inc()",
+        None,
+    ),
+]
+
+
+def measure_ratios(rounds: int, number: int) -> list[tuple[str, float, float, float | None]]:
+    """Return (label, ratio, nanoseconds per call, target) for every case."""
+    namespace = _namespace()
+    statements = {"pass"} | {case[1] for case in CASES} | {case[2] for case in CASES}
+    timers = {s: timeit.Timer(s, globals=namespace) for s in statements}
+    samples: dict[str, list[float]] = {s: [] for s in statements}
+    for _ in range(rounds):
+        for statement, timer in timers.items():
+            samples[statement].append(timer.timeit(number) / number)
+    results = []
+    for label, statement, baseline, target in CASES:
+        ratios = [
+            (case - empty) / (base - empty)
+            for case, base, empty in zip(
+                samples[statement], samples[baseline], samples["pass"], strict=True
+            )
+        ]
+        nanoseconds = statistics.median(samples[statement]) * 1e9
+        results.append((label, statistics.median(ratios), nanoseconds, target))
+    return results
+
+
+def measure_import_ms(runs: int) -> float:
+    """Return the median time to import the package once prometheus_client is loaded."""
+    seconds = [
+        float(subprocess.check_output([sys.executable, "-c", IMPORT_PROBE], text=True))
+        for _ in range(runs)
+    ]
+    return statistics.median(seconds) * 1e3
+
+
+def main() -> None:
+    """Measure and print the ratios and the import cost."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=25, help="interleaved rounds")
+    parser.add_argument("--number", type=int, default=50_000, help="calls per case per round")
+    parser.add_argument("--import-runs", type=int, default=21, help="fresh interpreters")
+    args = parser.parse_args()
+
+    print(f"{'case':44} {'ns/call':>8} {'ratio':>6} {'target':>7}")
+    for label, ratio, nanoseconds, target in measure_ratios(args.rounds, args.number):
+        verdict = "" if target is None else ("ok" if ratio <= target else "OVER")
+        shown_target = "" if target is None else f"<={target:.2f}"
+        print(f"{label:44} {nanoseconds:8.1f} {ratio:6.3f} {shown_target:>7} {verdict}")
+    import_ms = measure_import_ms(args.import_runs)
+    verdict = "ok" if import_ms <= 5.0 else "OVER"  # noqa: PLR2004
+    print(
+        f"import veza_business_metrics after prometheus_client: {import_ms:.2f} ms (<=5) {verdict}"
+    )
+
+
+if __name__ == "__main__":
+    main()

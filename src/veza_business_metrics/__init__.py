@@ -1,0 +1,47 @@
+"""The Veza platform's business KPI counters, series-compatible with the Go backend."""
+
+from veza_business_metrics._errors import InvalidAmountError, InvalidLabelError
+from veza_business_metrics._labels import LoginOutcome, OrderStatus
+from veza_business_metrics._recorder import BusinessMetrics
+from veza_business_metrics.metrics import (
+    DEFAULT_METRICS,
+    record_account_deletion,
+    record_login,
+    record_login_failure_2fa,
+    record_login_failure_credentials,
+    record_login_failure_locked,
+    record_login_failure_other,
+    record_login_failure_unverified,
+    record_login_success,
+    record_order_completed,
+    record_order_created,
+    record_order_event,
+    record_order_failed,
+    record_order_refunded,
+    record_refund,
+    record_revenue,
+)
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "BusinessMetrics",
+    "InvalidAmountError",
+    "InvalidLabelError",
+    "LoginOutcome",
+    "OrderStatus",
+    "record_account_deletion",
+    "record_login",
+    "record_login_failure_2fa",
+    "record_login_failure_credentials",
+    "record_login_failure_locked",
+    "record_login_failure_other",
+    "record_login_failure_unverified",
+    "record_login_success",
+    "record_order_completed",
+    "record_order_created",
+    "record_order_event",
+    "record_order_failed",
+    "record_order_refunded",
+    "record_refund",
+    "record_revenue",
+]

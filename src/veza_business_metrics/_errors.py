@@ -1,0 +1,9 @@
+"""Exceptions raised for values that must never reach a counter."""
+
+
+class InvalidLabelError(ValueError):
+    """A label value (outcome, status or currency) is outside its fixed set."""
+
+
+class InvalidAmountError(ValueError):
+    """An amount in minor currency units cannot be added to a counter."""
