@@ -1,0 +1,69 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from veza_business_metrics import BusinessMetrics
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def require_tool(name: str) -> str:
+    """Return the path of the executable ``name``; skip without it, but fail in CI.
+
+    Raises:
+        pytest.fail.Exception: If it is missing and ``CI=true``, since CI installs it.
+        pytest.skip.Exception: If it is missing on a developer's machine.
+    """
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not on PATH, but CI=true and .ci/run installs it")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def _run_python(code: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    """Give each test an empty registry of its own."""
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry) -> BusinessMetrics:
+    """Give each test the business counters on its own registry."""
+    return BusinessMetrics(registry)
+
+
+@pytest.fixture
+def promtool() -> str:
+    """Give the path of promtool, from Debian's prometheus package."""
+    return require_tool("promtool")
+
+
+@pytest.fixture
+def run_python() -> Callable[..., str]:
+    """Give a function that runs code in a fresh interpreter and returns its stdout."""
+    return _run_python

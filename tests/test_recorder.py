@@ -1,0 +1,454 @@
+"""Tests for veza_business_metrics._recorder."""
+
+from __future__ import annotations
+
+import decimal
+import threading
+from typing import TYPE_CHECKING, Any
+
+import pycountry
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from veza_business_metrics import (
+    BusinessMetrics,
+    InvalidAmountError,
+    InvalidLabelError,
+    LoginOutcome,
+    OrderStatus,
+)
+from veza_business_metrics._recorder import MAX_AMOUNT_CENTS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+LOGINS = "veza_business_logins_total"
+ORDERS = "veza_business_orders_total"
+REVENUE = "veza_business_revenue_cents_total"
+DELETIONS = "veza_business_account_deletions_total"
+# Computed here from pycountry, independently of the constant the library ships.
+ISO_CODES = sorted(currency.alpha_3 for currency in pycountry.currencies)
+
+LOGIN_HELPERS = [
+    ("record_login_success", "success"),
+    ("record_login_failure_credentials", "failure_credentials"),
+    ("record_login_failure_unverified", "failure_unverified"),
+    ("record_login_failure_locked", "failure_locked"),
+    ("record_login_failure_2fa", "failure_2fa"),
+    ("record_login_failure_other", "failure_other"),
+]
+ORDER_HELPERS = [
+    ("record_order_created", "created"),
+    ("record_order_completed", "completed"),
+    ("record_order_refunded", "refunded"),
+    ("record_order_failed", "failed"),
+]
+
+
+def series(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Return every ``veza_business_*_total`` sample of ``registry`` by name and labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name.startswith("veza_business_") and sample.name.endswith("_total")
+    }
+
+
+def test_zero_series_exist_before_any_event(registry: CollectorRegistry) -> None:
+    """A new instance exports all 6 outcomes, all 4 statuses and deletions at 0: 11 series."""
+    BusinessMetrics(registry)
+    expected: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {
+        **{(LOGINS, (("outcome", o.value),)): 0.0 for o in LoginOutcome},
+        **{(ORDERS, (("status", s.value),)): 0.0 for s in OrderStatus},
+        (DELETIONS, ()): 0.0,
+    }
+    assert series(registry) == expected
+
+
+@pytest.mark.parametrize(("helper", "outcome"), LOGIN_HELPERS)
+def test_login_helpers_count_their_outcome_only(
+    metrics: BusinessMetrics, registry: CollectorRegistry, helper: str, outcome: str
+) -> None:
+    """Each login helper adds 1 to its own outcome and to nothing else."""
+    before = series(registry)
+    getattr(metrics, helper)()
+    assert series(registry) == {**before, (LOGINS, (("outcome", outcome),)): 1.0}
+
+
+@pytest.mark.parametrize(("helper", "status"), ORDER_HELPERS)
+def test_order_helpers_count_their_status_only(
+    metrics: BusinessMetrics, registry: CollectorRegistry, helper: str, status: str
+) -> None:
+    """Each order helper adds 1 to its own status and to nothing else."""
+    before = series(registry)
+    getattr(metrics, helper)()
+    assert series(registry) == {**before, (ORDERS, (("status", status),)): 1.0}
+
+
+def test_account_deletion_counts_once(
+    metrics: BusinessMetrics, registry: CollectorRegistry
+) -> None:
+    """record_account_deletion adds 1 to the unlabelled deletion counter."""
+    before = series(registry)
+    metrics.record_account_deletion()
+    assert series(registry) == {**before, (DELETIONS, ()): 1.0}
+
+
+@pytest.mark.parametrize("outcome", [*LoginOutcome, *(o.value for o in LoginOutcome)])
+def test_record_login_takes_a_member_or_its_value(
+    metrics: BusinessMetrics, registry: CollectorRegistry, outcome: str
+) -> None:
+    """record_login labels the series with the value, whether given a member or a string."""
+    metrics.record_login(outcome)  # type: ignore[arg-type]
+    assert registry.get_sample_value(LOGINS, {"outcome": LoginOutcome(outcome).value}) == 1.0
+
+
+@pytest.mark.parametrize("status", [*OrderStatus, *(s.value for s in OrderStatus)])
+def test_record_order_event_takes_a_member_or_its_value(
+    metrics: BusinessMetrics, registry: CollectorRegistry, status: str
+) -> None:
+    """record_order_event labels the series with the value, given a member or a string."""
+    metrics.record_order_event(status)  # type: ignore[arg-type]
+    assert registry.get_sample_value(ORDERS, {"status": OrderStatus(status).value}) == 1.0
+
+
+BAD_LABELS = [
+    "Success",
+    "SUCCESS",
+    " success",
+    "",
+    "Outcome.SUCCESS",
+    "LoginOutcome.SUCCESS",
+    None,
+    0,
+    1.5,
+    True,
+    b"success",
+    ["success"],
+    {"success": 1},
+]
+
+
+@pytest.mark.parametrize("value", [*BAD_LABELS, *OrderStatus])
+def test_record_login_rejects_anything_else(
+    metrics: BusinessMetrics, registry: CollectorRegistry, value: object
+) -> None:
+    """record_login raises InvalidLabelError naming the argument, value and allowed values."""
+    before = generate_latest(registry)
+    with pytest.raises(InvalidLabelError) as raised:
+        metrics.record_login(value)  # type: ignore[arg-type]
+    message = str(raised.value)
+    assert message.startswith("outcome must be")
+    assert repr(value) in message
+    assert all(repr(o.value) in message for o in LoginOutcome)
+    assert generate_latest(registry) == before
+
+
+@pytest.mark.parametrize("value", [*BAD_LABELS, *LoginOutcome, "Created"])
+def test_record_order_event_rejects_anything_else(
+    metrics: BusinessMetrics, registry: CollectorRegistry, value: object
+) -> None:
+    """record_order_event raises InvalidLabelError naming the argument, value and allowed."""
+    before = generate_latest(registry)
+    with pytest.raises(InvalidLabelError) as raised:
+        metrics.record_order_event(value)  # type: ignore[arg-type]
+    message = str(raised.value)
+    assert message.startswith("status must be")
+    assert repr(value) in message
+    assert all(repr(s.value) in message for s in OrderStatus)
+    assert generate_latest(registry) == before
+
+
+@pytest.mark.parametrize("spelling", ["EUR", "eur", "Eur", "eUr"])
+def test_revenue_matches_currency_in_any_case(
+    metrics: BusinessMetrics, registry: CollectorRegistry, spelling: str
+) -> None:
+    """record_revenue accepts a code in any case and exports it upper case."""
+    metrics.record_revenue(1999, spelling)
+    metrics.record_revenue(1, spelling)
+    assert series(registry)[REVENUE, (("currency", "EUR"),)] == 2000.0
+
+
+def test_revenue_spellings_share_one_series(
+    metrics: BusinessMetrics, registry: CollectorRegistry
+) -> None:
+    """Revenue recorded as "usd" and "USD" lands in the single USD series."""
+    metrics.record_revenue(100, "usd")
+    metrics.record_revenue(250, "USD")
+    revenue = {key: value for key, value in series(registry).items() if key[0] == REVENUE}
+    assert revenue == {(REVENUE, (("currency", "USD"),)): 350.0}
+
+
+def test_revenue_series_appear_on_first_use(
+    metrics: BusinessMetrics, registry: CollectorRegistry
+) -> None:
+    """No revenue series exists until revenue is recorded in that currency."""
+    assert registry.get_sample_value(REVENUE, {"currency": "EUR"}) is None
+    metrics.record_revenue(5, "EUR")
+    assert registry.get_sample_value(REVENUE, {"currency": "EUR"}) == 5.0
+
+
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+def test_zero_records_nothing(
+    metrics: BusinessMetrics, registry: CollectorRegistry, record: str
+) -> None:
+    """An amount of 0 raises nothing and creates no series, as the Go service does."""
+    before = generate_latest(registry)
+    getattr(metrics, record)(0, "EUR")
+    assert generate_latest(registry) == before
+
+
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+def test_zero_still_validates_the_currency(metrics: BusinessMetrics, record: str) -> None:
+    """An amount of 0 in an unknown currency is still reported as a bad currency."""
+    with pytest.raises(InvalidLabelError, match="'ZZZ'"):
+        getattr(metrics, record)(0, "ZZZ")
+
+
+def test_refund_uses_the_refund_suffix(
+    metrics: BusinessMetrics, registry: CollectorRegistry
+) -> None:
+    """record_refund adds to ``<CUR>-refund`` and leaves the revenue series alone."""
+    metrics.record_revenue(5000, "EUR")
+    metrics.record_refund(1200, "eur")
+    metrics.record_refund(300, "EUR")
+    metrics.record_refund(200, "EUR")
+    assert registry.get_sample_value(REVENUE, {"currency": "EUR"}) == 5000.0
+    assert registry.get_sample_value(REVENUE, {"currency": "EUR-refund"}) == 1700.0
+
+
+def test_negative_revenue_points_to_record_refund(
+    metrics: BusinessMetrics, registry: CollectorRegistry
+) -> None:
+    """A negative revenue amount raises InvalidAmountError that names record_refund."""
+    before = generate_latest(registry)
+    with pytest.raises(InvalidAmountError, match=r"got -500; .*record_refund\(500, 'EUR'\)"):
+        metrics.record_revenue(-500, "EUR")
+    assert generate_latest(registry) == before
+
+
+def test_negative_refund_asks_for_a_positive_amount(metrics: BusinessMetrics) -> None:
+    """A negative refund amount raises InvalidAmountError asking for the positive amount."""
+    with pytest.raises(
+        InvalidAmountError, match="got -500; pass the refunded amount as a positive"
+    ):
+        metrics.record_refund(-500, "EUR")
+
+
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+def test_amounts_above_2_53_are_rejected(metrics: BusinessMetrics, record: str) -> None:
+    """An amount that a float64 sample could not hold exactly raises InvalidAmountError."""
+    getattr(metrics, record)(MAX_AMOUNT_CENTS, "EUR")
+    with pytest.raises(InvalidAmountError, match="at most 2\\*\\*53"):
+        getattr(metrics, record)(MAX_AMOUNT_CENTS + 1, "EUR")
+
+
+@pytest.mark.parametrize(
+    "amount", [True, False, 19.99, 1999.0, decimal.Decimal(1999), "1999", None]
+)
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+def test_non_int_amounts_raise_type_error(
+    metrics: BusinessMetrics, registry: CollectorRegistry, record: str, amount: object
+) -> None:
+    """bool, float, Decimal, str and None amounts raise TypeError naming amount_cents."""
+    before = generate_latest(registry)
+    with pytest.raises(TypeError, match=r"^amount_cents must be an int") as raised:
+        getattr(metrics, record)(amount, "EUR")
+    assert repr(amount) in str(raised.value)
+    assert generate_latest(registry) == before
+
+
+def test_int_subclasses_are_counted_as_ints(
+    metrics: BusinessMetrics, registry: CollectorRegistry
+) -> None:
+    """An int subclass other than bool, such as an IntEnum member, is a valid amount."""
+
+    class Price(int):
+        pass
+
+    metrics.record_revenue(Price(250), "EUR")
+    assert registry.get_sample_value(REVENUE, {"currency": "EUR"}) == 250.0
+
+
+@pytest.mark.parametrize("currency", ["", "XYZ", "EURO", "EU", "EUR-refund", "eur-REFUND", "ÉUR"])
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+def test_unknown_currencies_raise_invalid_label_error(
+    metrics: BusinessMetrics, registry: CollectorRegistry, record: str, currency: str
+) -> None:
+    """Empty, unknown and suffixed currencies raise InvalidLabelError naming the value."""
+    before = generate_latest(registry)
+    with pytest.raises(InvalidLabelError, match=r"^currency must be one of the 178") as raised:
+        getattr(metrics, record)(100, currency)
+    assert repr(currency) in str(raised.value)
+    assert generate_latest(registry) == before
+
+
+def test_suffixed_currency_points_to_record_refund(metrics: BusinessMetrics) -> None:
+    """Passing "EUR-refund" as a currency explains that record_refund does the suffix."""
+    with pytest.raises(InvalidLabelError, match="record_refund"):
+        metrics.record_revenue(100, "EUR-refund")
+
+
+def test_non_ascii_look_alikes_are_rejected(metrics: BusinessMetrics) -> None:
+    """A code that is USD only once non-ASCII letters are upper-cased is refused."""
+    look_alike = "u\u017fd"
+    assert look_alike.upper() == "USD"
+    with pytest.raises(InvalidLabelError):
+        metrics.record_revenue(100, look_alike)
+
+
+@pytest.mark.parametrize("currency", [None, 978, b"EUR", ["EUR"]])
+def test_non_str_currencies_raise_type_error(metrics: BusinessMetrics, currency: object) -> None:
+    """A currency that is not a string raises TypeError naming currency and the value."""
+    with pytest.raises(TypeError, match=r"^currency must be a str") as raised:
+        metrics.record_revenue(100, currency)  # type: ignore[arg-type]
+    assert repr(currency) in str(raised.value)
+
+
+def test_every_iso_code_is_accepted_and_bounded(
+    metrics: BusinessMetrics, registry: CollectorRegistry
+) -> None:
+    """Every code can be recorded, and revenue plus refunds make at most 2 x 178 series."""
+    for code in ISO_CODES:
+        metrics.record_revenue(1, code.lower())
+        metrics.record_refund(1, code)
+    revenue = [key for key in series(registry) if key[0] == REVENUE]
+    assert len(revenue) == 2 * len(ISO_CODES) == 356
+
+
+def test_second_instance_shares_the_counters(registry: CollectorRegistry) -> None:
+    """Two instances on one registry use the same counters, so counts are never split."""
+    first = BusinessMetrics(registry)
+    second = BusinessMetrics(registry)
+    first.record_login_success()
+    second.record_login_success()
+    assert second.logins_total is first.logins_total
+    assert registry.get_sample_value(LOGINS, {"outcome": "success"}) == 2.0
+
+
+@pytest.mark.parametrize(
+    "squatter",
+    [
+        lambda r: Gauge("veza_business_orders_total", "x", registry=r),
+        lambda r: Counter("veza_business_orders_total", "Other help.", ["status"], registry=r),
+        lambda r: Counter(
+            "veza_business_orders_total",
+            "Marketplace orders by status transition.",
+            ["state"],
+            registry=r,
+        ),
+    ],
+)
+def test_conflicting_registration_is_refused(
+    registry: CollectorRegistry, squatter: Callable[[CollectorRegistry], object]
+) -> None:
+    """A same-named collector of another type, help or labels raises a clear ValueError."""
+    squatter(registry)
+    with pytest.raises(ValueError, match="veza_business_orders_total is already registered"):
+        BusinessMetrics(registry)
+
+
+def test_threads_count_exactly(metrics: BusinessMetrics, registry: CollectorRegistry) -> None:
+    """8 threads x 20,000 calls each give exactly 160,000, even on first use of a currency."""
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(20_000):
+            metrics.record_login_success()
+            metrics.record_revenue(1, "eur")
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert registry.get_sample_value(LOGINS, {"outcome": "success"}) == 160_000.0
+    assert registry.get_sample_value(REVENUE, {"currency": "EUR"}) == 160_000.0
+
+
+def _is_valid_amount(amount: object) -> bool:
+    return isinstance(amount, int) and not isinstance(amount, bool) and amount >= 0
+
+
+ANYTHING = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.decimals(allow_nan=False),
+    st.text(max_size=12),
+    st.binary(max_size=4),
+    st.lists(st.text(max_size=3), max_size=2),
+)
+CURRENCIES = st.one_of(
+    st.sampled_from(ISO_CODES).flatmap(
+        lambda code: st.sampled_from([code, code.lower(), code.title(), code + "-refund"])
+    ),
+    st.text(max_size=6),
+    st.text(
+        alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\u017f\u0131-", max_size=4
+    ),
+    ANYTHING,
+)
+AMOUNTS = st.one_of(st.integers(min_value=-(2**60), max_value=2**60), ANYTHING)
+
+
+@given(
+    record=st.sampled_from(["record_revenue", "record_refund"]),
+    amount=AMOUNTS,
+    currency=CURRENCIES,
+)
+def test_money_is_recorded_exactly_or_not_at_all(record: str, amount: Any, currency: Any) -> None:
+    """Any amount and currency are either recorded exactly or rejected with nothing changed."""
+    registry = CollectorRegistry()
+    metrics = BusinessMetrics(registry)
+    valid_currency = (
+        isinstance(currency, str) and currency.isascii() and currency.upper() in ISO_CODES
+    )
+    valid = valid_currency and _is_valid_amount(amount) and amount <= MAX_AMOUNT_CENTS
+    before = generate_latest(registry)
+    if not valid:
+        with pytest.raises((TypeError, InvalidAmountError, InvalidLabelError)):
+            getattr(metrics, record)(amount, currency)
+        assert generate_latest(registry) == before
+        return
+    getattr(metrics, record)(amount, currency)
+    label = currency.upper() + ("-refund" if record == "record_refund" else "")
+    expected = {} if amount == 0 else {(REVENUE, (("currency", label),)): float(amount)}
+    added = {key: value for key, value in series(registry).items() if key[0] == REVENUE}
+    assert added == expected
+
+
+LABEL_INPUTS = st.one_of(
+    st.sampled_from([*LoginOutcome, *OrderStatus]),
+    st.sampled_from([*LoginOutcome, *OrderStatus]).map(lambda member: member.value),
+    st.sampled_from([*LoginOutcome, *OrderStatus]).map(lambda member: member.value.upper()),
+    ANYTHING,
+)
+
+
+@given(value=LABEL_INPUTS)
+def test_labels_are_recorded_exactly_or_not_at_all(value: Any) -> None:
+    """Any outcome or status is either counted once in its own series or changes nothing."""
+    registry = CollectorRegistry()
+    metrics = BusinessMetrics(registry)
+    cases: list[tuple[Callable[[Any], None], type[LoginOutcome | OrderStatus], str, str]]
+    cases = [
+        (metrics.record_login, LoginOutcome, LOGINS, "outcome"),
+        (metrics.record_order_event, OrderStatus, ORDERS, "status"),
+    ]
+    for record, enum, name, label in cases:
+        before = series(registry)
+        allowed = {member.value for member in enum}
+        if isinstance(value, str) and value in allowed:
+            record(value)
+            assert series(registry) == {**before, (name, ((label, enum(value).value),)): 1.0}
+        else:
+            exposition = generate_latest(registry)
+            with pytest.raises(InvalidLabelError):
+                record(value)
+            assert generate_latest(registry) == exposition
