@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import make_asgi_app
@@ -25,29 +25,40 @@ if TYPE_CHECKING:
 
 # Set by --simulate (or the demo command): record made-up traffic in the background.
 SIMULATE_ENV = "SHOP_SIMULATE_TRAFFIC"
-# The simulator stops by itself after this many events (about an hour at 5 a second).
+# The simulator stops by itself after this many rounds (about an hour at 5 a second).
 SIMULATED_EVENTS = 18_000
+# Per round: one login, and with these odds an order and an account deletion. Of the
+# orders, COMPLETED_SHARE complete (REFUNDED_SHARE of all are then refunded), and
+# FAILED_SHARE fail; the rest stay open.
+ORDER_SHARE, DELETION_SHARE = 0.5, 0.01
+COMPLETED_SHARE, REFUNDED_SHARE, FAILED_SHARE = 0.8, 0.05, 0.1
+CURRENCIES = ["EUR", "EUR", "USD", "eur"]
 
 
 async def simulate_traffic(events: int, pause: float = 0.2) -> None:
     """Drive the shop's handlers with a plausible mix of logins, orders and payments."""
     rng = random.Random(4217)  # noqa: S311
+    # Mostly alice logging in; the others and a stranger fail in their own ways.
+    usernames, weights = [*shop.USERS, "mallory"], [20, 1, 1, 2, 1, 2]
     for _ in range(events):
-        username = rng.choices(list(shop.USERS) + ["mallory"], [20, 1, 1, 2, 1, 2])[0]
+        username = rng.choices(usernames, weights)[0]
         password = shop.USERS[username].password if username in shop.USERS else "guess"
         shop.login({"username": username, "password": password, "otp": "123456"})
-        if rng.random() < 0.5:
-            order_id = (shop.create_order({}).payload or {})["id"]
-            currency = rng.choice(["EUR", "EUR", "USD", "eur"])
-            amount = rng.randrange(500, 10_000)
-            roll = rng.random()
-            if roll < 0.8:
-                shop.complete_order(order_id, {"amount_cents": amount, "currency": currency})
-                if roll < 0.05:
-                    shop.refund_order(order_id, {"amount_cents": amount, "currency": currency})
-            elif roll < 0.9:
+        if rng.random() < ORDER_SHARE:
+            order_id = str((shop.create_order({}).payload or {})["id"])
+            webhook = {
+                "amount_cents": rng.randrange(500, 10_000),
+                "currency": rng.choice(CURRENCIES),
+            }
+            outcome = rng.random()
+            if outcome < REFUNDED_SHARE:
+                shop.complete_order(order_id, webhook)
+                shop.refund_order(order_id, webhook)
+            elif outcome < COMPLETED_SHARE:
+                shop.complete_order(order_id, webhook)
+            elif outcome < COMPLETED_SHARE + FAILED_SHARE:
                 shop.fail_order(order_id)
-        if rng.random() < 0.01:
+        if rng.random() < DELETION_SHARE:
             shop.delete_account()
         await asyncio.sleep(pause)
 
@@ -70,7 +81,7 @@ app = FastAPI(title="Example shop", lifespan=lifespan)
 app.mount("/metrics", make_asgi_app())
 
 
-async def _json(request: Request) -> Any:
+async def _json(request: Request) -> object:
     try:
         return await request.json()
     except ValueError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import veza_business_metrics as business
 
@@ -44,14 +44,14 @@ class Reply:
     """What a handler answers: an HTTP status and a JSON payload, if any."""
 
     status: int
-    payload: dict[str, Any] | None = None
+    payload: dict[str, object] | None = None
 
 
 def _bad_request(message: str, status: int = 422) -> Reply:
     return Reply(status, {"error": message})
 
 
-def login(body: Any) -> Reply:
+def login(body: object) -> Reply:
     """Check the credentials in ``body`` against the user table and count the outcome."""
     if not isinstance(body, dict):
         return _bad_request("the body must be a JSON object", 400)
@@ -74,18 +74,18 @@ def login(body: Any) -> Reply:
     return Reply(status, {"outcome": outcome.value})
 
 
-def create_order(_body: Any) -> Reply:
+def create_order(_body: object) -> Reply:
     """Create an order and count it."""
     business.record_order_created()
     return Reply(201, {"id": uuid.uuid4().hex})
 
 
-def complete_order(order_id: str, body: Any) -> Reply:
+def complete_order(order_id: str, body: object) -> Reply:
     """Count a payment webhook's completion and the revenue it settled."""
     return _record_money(order_id, body, business.record_revenue, business.record_order_completed)
 
 
-def refund_order(order_id: str, body: Any) -> Reply:
+def refund_order(order_id: str, body: object) -> Reply:
     """Count a refund webhook's refund and the amount it gave back."""
     return _record_money(order_id, body, business.record_refund, business.record_order_refunded)
 
@@ -104,7 +104,7 @@ def delete_account() -> Reply:
 
 def _record_money(
     order_id: str,
-    body: Any,
+    body: object,
     record_amount: Callable[[int, str], None],
     record_status: Callable[[], None],
 ) -> Reply:

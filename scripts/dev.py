@@ -3,13 +3,12 @@
 Usage, from the repository root with only python3 (3.11+) on PATH::
 
     python3 scripts/dev.py test   # lint, format check, types, tests, coverage
-    python3 scripts/dev.py demo   # serve a host app's /metrics on 127.0.0.1
+    python3 scripts/dev.py demo   # serve the FastAPI example shop on 127.0.0.1
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import venv
@@ -31,10 +30,10 @@ def bootstrap(name: str, *requirements: str) -> Path:
     return python
 
 
-def run(*command: str, env: dict[str, str] | None = None) -> None:
+def run(*command: str) -> None:
     """Run ``command`` in the repository root, echoing it; exit with its status on failure."""
     print("+", " ".join(command), flush=True)
-    completed = subprocess.run(command, cwd=ROOT, env=env, check=False)
+    completed = subprocess.run(command, cwd=ROOT, check=False)
     if completed.returncode:
         sys.exit(completed.returncode)
 
@@ -44,7 +43,7 @@ def test() -> None:
     python = bootstrap("test", "--requirement", str(ROOT / "requirements" / "test.txt"))
     run(str(python), "-m", "ruff", "check", ".")
     run(str(python), "-m", "ruff", "format", "--check", ".")
-    run(str(python), "-m", "mypy", "src", "tests")
+    run(str(python), "-m", "mypy", "src", "tests", "examples")
     run(str(python), "-m", "coverage", "erase")
     run(str(python), "-m", "coverage", "run", "-m", "pytest")
     run(str(python), "-m", "coverage", "report")
@@ -57,11 +56,11 @@ def test() -> None:
     run(str(lowest), "-m", "pytest", "-p", "no:cacheprovider", "-q")
 
 
-def demo(port: int) -> None:
-    """Serve examples/quickstart.py on 127.0.0.1."""
-    python = bootstrap("demo")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    run(str(python), str(ROOT / "examples" / "quickstart.py"), "--port", str(port), env=env)
+def demo(port: int, *, simulate: bool) -> None:
+    """Serve the FastAPI example shop on 127.0.0.1, with made-up traffic unless told not to."""
+    python = bootstrap("demo", "--requirement", str(ROOT / "requirements" / "demo.txt"))
+    command = [str(python), str(ROOT / "examples" / "fastapi_app.py"), "--port", str(port)]
+    run(*command, *(["--simulate"] if simulate else []))
 
 
 def main() -> None:
@@ -70,12 +69,15 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("test", help="lint, types, tests and coverage")
     demo_parser = commands.add_parser("demo", help="serve /metrics of an example host app")
-    demo_parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    demo_parser.add_argument("--port", type=int, default=8000)
+    demo_parser.add_argument(
+        "--no-simulate", action="store_true", help="serve without made-up traffic"
+    )
     args = parser.parse_args()
     if args.command == "test":
         test()
     else:
-        demo(args.port)
+        demo(args.port, simulate=not args.no_simulate)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -11,25 +10,11 @@ from typing import TYPE_CHECKING
 import pytest
 from prometheus_client import CollectorRegistry
 
+from helpers import require_tool
 from veza_business_metrics import BusinessMetrics
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-
-def require_tool(name: str) -> str:
-    """Return the path of the executable ``name``; skip without it, but fail in CI.
-
-    Raises:
-        pytest.fail.Exception: If it is missing and ``CI=true``, since CI installs it.
-        pytest.skip.Exception: If it is missing on a developer's machine.
-    """
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not on PATH, but CI=true and .ci/run installs it")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 def _run_python(code: str, env: dict[str, str] | None = None) -> str:

@@ -1,47 +1,341 @@
-"""Tests for the runnable host apps in examples/."""
+"""End-to-end tests of the runnable host apps in examples/, against real servers."""
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import json
+import os
+import signal
 import subprocess
 import sys
-import urllib.request
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client.parser import text_string_to_metric_families
+import pytest
+
+from helpers import free_port, http, require_tool, scrape, serving
+from veza_business_metrics.__main__ import main
+
+if TYPE_CHECKING:
+    from helpers import Series
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+LOGINS = "veza_business_logins_total"
+ORDERS = "veza_business_orders_total"
+REVENUE = "veza_business_revenue_cents_total"
+DELETIONS = "veza_business_account_deletions_total"
+# One login per outcome of the fake user table, as (body, expected status, outcome).
+LOGIN_CASES = [
+    ({"username": "alice", "password": "wonderland"}, 200, "success"),
+    ({"username": "alice", "password": "nope"}, 401, "failure_credentials"),
+    ({"username": "bob", "password": "builder"}, 401, "failure_unverified"),
+    ({"username": "carol", "password": "singing"}, 401, "failure_locked"),
+    ({"username": "dave", "password": "grohl", "otp": "000000"}, 401, "failure_2fa"),
+    ({"username": "erin", "password": "brockovich"}, 401, "failure_other"),
+    ({"username": "dave", "password": "grohl", "otp": "123456"}, 200, "success"),
+]
+ZERO: Series = {
+    **{(LOGINS, (("outcome", case[2]),)): 0.0 for case in LOGIN_CASES},
+    **{(ORDERS, (("status", s),)): 0.0 for s in ["created", "completed", "refunded", "failed"]},
+    (DELETIONS, ()): 0.0,
+}
 
 
-def test_quickstart_serves_the_recorded_events() -> None:
+def series(name: str, label: str = "", value: str = "") -> tuple[str, tuple[tuple[str, str], ...]]:
+    """Return the key of one series as scrape() reports it."""
+    return (name, ((label, value),) if label else ())
+
+
+def drive_every_route(base: str) -> None:
+    """Call every route of the shop once or more, with good and bad bodies."""
+    for body, status, outcome in LOGIN_CASES:
+        assert http("POST", f"{base}/login", body) == (status, {"outcome": outcome})
+    order_ids = []
+    for _ in range(3):
+        status, payload = http("POST", f"{base}/orders", {})
+        assert status == 201
+        order_ids.append(payload["id"])
+    paid, refunded, rejected = order_ids
+    assert (
+        http("POST", f"{base}/orders/{paid}/complete", {"amount_cents": 1999, "currency": "eur"})[
+            0
+        ]
+        == 200
+    )
+    assert (
+        http(
+            "POST", f"{base}/orders/{refunded}/complete", {"amount_cents": 500, "currency": "USD"}
+        )[0]
+        == 200
+    )
+    assert (
+        http("POST", f"{base}/orders/{refunded}/refund", {"amount_cents": 500, "currency": "usd"})[
+            0
+        ]
+        == 200
+    )
+    assert http("POST", f"{base}/orders/{rejected}/fail")[0] == 200
+    assert http("DELETE", f"{base}/account") == (204, None)
+
+
+def drive_bad_requests(base: str) -> None:
+    """Send bodies the library rejects; each gets a 4xx carrying the library's message."""
+    cases = [
+        ("complete", {"amount_cents": -500, "currency": "EUR"}, 422, "record_refund(500, 'EUR')"),
+        ("complete", {"amount_cents": 1999, "currency": "XYZ"}, 422, "got 'XYZ'"),
+        ("complete", {"amount_cents": 19.99, "currency": "EUR"}, 422, "must be an int"),
+        ("refund", {"amount_cents": 100, "currency": "EUR-refund"}, 422, "got 'EUR-refund'"),
+        ("refund", {"amount_cents": -1, "currency": "EUR"}, 422, "positive number"),
+        ("complete", {"currency": "EUR"}, 400, "amount_cents and currency"),
+    ]
+    for action, body, status, message in cases:
+        got_status, payload = http("POST", f"{base}/orders/o-1/{action}", body)
+        assert got_status == status, (action, body, payload)
+        assert message in payload["error"]
+
+
+EXPECTED_AFTER_ROUTES: Series = {
+    **ZERO,
+    series(LOGINS, "outcome", "success"): 2.0,
+    series(LOGINS, "outcome", "failure_credentials"): 1.0,
+    series(LOGINS, "outcome", "failure_unverified"): 1.0,
+    series(LOGINS, "outcome", "failure_locked"): 1.0,
+    series(LOGINS, "outcome", "failure_2fa"): 1.0,
+    series(LOGINS, "outcome", "failure_other"): 1.0,
+    series(ORDERS, "status", "created"): 3.0,
+    series(ORDERS, "status", "completed"): 2.0,
+    series(ORDERS, "status", "refunded"): 1.0,
+    series(ORDERS, "status", "failed"): 1.0,
+    series(REVENUE, "currency", "EUR"): 1999.0,
+    series(REVENUE, "currency", "USD"): 500.0,
+    series(REVENUE, "currency", "USD-refund"): 500.0,
+    series(DELETIONS): 1.0,
+}
+
+
+def check_app(base: str, metrics_url: str) -> None:
+    """Check zero series, every route's exact counts, and that bad bodies record nothing."""
+    assert scrape(metrics_url) == ZERO
+    drive_bad_requests(base)
+    assert scrape(metrics_url) == ZERO
+    drive_every_route(base)
+    assert scrape(metrics_url) == EXPECTED_AFTER_ROUTES
+
+
+def test_quickstart_serves_the_recorded_events(tmp_path: Path) -> None:
     """The quickstart prints its URL and curl line, then serves the events it recorded."""
-    with subprocess.Popen(
-        [sys.executable, "-u", str(EXAMPLES / "quickstart.py"), "--port", "0"],
-        stdout=subprocess.PIPE,
+    port = free_port()
+    command = [sys.executable, "-u", str(EXAMPLES / "quickstart.py"), "--port", str(port)]
+    with serving(command, f"http://127.0.0.1:{port}/metrics", EXAMPLES, tmp_path / "log"):
+        values = scrape(f"http://127.0.0.1:{port}/metrics")
+    assert values[series(LOGINS, "outcome", "success")] == 3
+    assert values[series(LOGINS, "outcome", "failure_locked")] == 0
+    assert values[series(ORDERS, "status", "created")] == 2
+    assert values[series(REVENUE, "currency", "EUR")] == 1999
+    assert values[series(REVENUE, "currency", "EUR-refund")] == 500
+    assert values[series(DELETIONS)] == 1
+
+
+def test_fastapi_app_under_uvicorn(tmp_path: Path) -> None:
+    """The FastAPI app, served by uvicorn, exports exact counts on its mounted /metrics."""
+    port = free_port()
+    command = [sys.executable, str(EXAMPLES / "fastapi_app.py"), "--port", str(port)]
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    with serving(command, metrics_url, EXAMPLES, tmp_path / "log"):
+        check_app(f"http://127.0.0.1:{port}", metrics_url)
+
+
+def test_flask_app_under_gunicorn(tmp_path: Path) -> None:
+    """The Flask app, served by gunicorn, exports exact counts on /metrics."""
+    gunicorn = require_tool("gunicorn")
+    port = free_port()
+    command = [gunicorn, "--no-control-socket", "--bind", f"127.0.0.1:{port}", "flask_app:app"]
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    with serving(command, metrics_url, EXAMPLES, tmp_path / "log"):
+        check_app(f"http://127.0.0.1:{port}", metrics_url)
+
+
+def worker_pids(master: int) -> set[int]:
+    """Return the pids of the gunicorn master's live child processes."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+def burst(base: str, requests: int) -> collections.Counter[tuple[str, str]]:
+    """Send ``requests`` concurrent requests; count the events the app acknowledged."""
+    plan = [LOGIN_CASES[n % len(LOGIN_CASES)] for n in range(requests)]
+
+    def send(case: tuple[dict[str, str], int, str]) -> tuple[str, str] | None:
+        body, status, outcome = case
+        got = http("POST", f"{base}/login", body)
+        return ("outcome", outcome) if got == (status, {"outcome": outcome}) else None
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        acknowledged = [event for event in pool.map(send, plan) if event is not None]
+        revenue = list(
+            pool.map(
+                lambda n: http(
+                    "POST", f"{base}/orders/{n}/complete", {"amount_cents": 100, "currency": "EUR"}
+                )[0],
+                range(requests // 4),
+            )
+        )
+    counts = collections.Counter(acknowledged)
+    counts["status", "completed"] += revenue.count(200)
+    return counts
+
+
+def expected_scrape(counts: collections.Counter[tuple[str, str]]) -> Series:
+    """Return the series that acknowledged events should have produced."""
+    expected = dict(ZERO)
+    for (label, value), count in counts.items():
+        name = LOGINS if label == "outcome" else ORDERS
+        expected[series(name, label, value)] = float(count)
+    if counts["status", "completed"]:
+        expected[series(REVENUE, "currency", "EUR")] = 100.0 * counts["status", "completed"]
+    return expected
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
+def test_gunicorn_multiprocess_survives_a_killed_worker(tmp_path: Path, preload: bool) -> None:  # noqa: FBT001
+    """Four workers, one SIGKILLed between two bursts: the scrape equals what was acknowledged."""
+    gunicorn = require_tool("gunicorn")
+    port = free_port()
+    metrics_dir = tmp_path / "metrics"
+    stale = metrics_dir / "counter_999999.db"
+    metrics_dir.mkdir()
+    stale.write_bytes(b"left over by an earlier run")
+    command = [
+        gunicorn,
+        "--no-control-socket",
+        "--config",
+        str(EXAMPLES / "gunicorn" / "gunicorn.conf.py"),
+        *(["--preload"] if preload else []),
+        "app:app",
+    ]
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "SHOP_BIND": f"127.0.0.1:{port}"}
+    base = f"http://127.0.0.1:{port}"
+    with serving(command, f"{base}/metrics", tmp_path, tmp_path / "log", env) as master:
+        assert not stale.exists()
+        assert scrape(f"{base}/metrics") == ZERO
+        counts = burst(base, 400)
+        workers = worker_pids(master.pid)
+        assert len(workers) == 4
+        victim = max(workers, key=lambda pid: (metrics_dir / f"counter_{pid}.db").exists())
+        assert (metrics_dir / f"counter_{victim}.db").exists()
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not (len(worker_pids(master.pid)) == 4 and victim not in worker_pids(master.pid)):
+            assert time.monotonic() < deadline, "gunicorn did not replace the killed worker"
+            time.sleep(0.1)
+        counts += burst(base, 400)
+        scraped = scrape(f"{base}/metrics")
+    assert sum(counts.values()) == 1000
+    assert scraped == expected_scrape(counts)
+
+
+def prometheus_api(base: str, path: str) -> Any:
+    """Return the data of a successful Prometheus HTTP API call."""
+    status, payload = http("GET", f"{base}/api/v1/{path}")
+    assert (status, payload["status"]) == (200, "success"), payload
+    return payload["data"]
+
+
+def test_real_prometheus_scrapes_the_fastapi_app_and_runs_the_rules(tmp_path: Path) -> None:
+    """A real Prometheus scrapes the FastAPI app, sees its exact values and runs every rule."""
+    prometheus = require_tool("prometheus")
+    app_port, prometheus_port = free_port(), free_port()
+    rules = tmp_path / "rules.yml"
+    main(["rules", "--output", str(rules)])
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(rules)],
+                "scrape_configs": [
+                    {
+                        "job_name": "shop",
+                        "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    app = [sys.executable, str(EXAMPLES / "fastapi_app.py"), "--port", str(app_port)]
+    server = [
+        prometheus,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{prometheus_port}",
+    ]
+    base = f"http://127.0.0.1:{prometheus_port}"
+    with serving(app, f"http://127.0.0.1:{app_port}/metrics", EXAMPLES, tmp_path / "app.log"):
+        drive_every_route(f"http://127.0.0.1:{app_port}")
+        with serving(server, f"{base}/-/ready", tmp_path, tmp_path / "prometheus.log"):
+            deadline = time.monotonic() + 60
+            while True:
+                result = prometheus_api(
+                    base, "query?query=%7B__name__%3D~%22veza_business_.%2A_total%22%7D"
+                )
+                seen = {
+                    (
+                        item["metric"]["__name__"],
+                        tuple(
+                            (key, value)
+                            for key, value in sorted(item["metric"].items())
+                            if key not in {"__name__", "instance", "job"}
+                        ),
+                    ): float(item["value"][1])
+                    for item in result["result"]
+                }
+                groups = prometheus_api(base, "rules")["groups"]
+                rules_seen = [rule for group in groups for rule in group["rules"]]
+                healthy = [rule for rule in rules_seen if rule["health"] == "ok"]
+                if (seen == EXPECTED_AFTER_ROUTES and len(healthy) == 13) or (
+                    time.monotonic() > deadline
+                ):
+                    break
+                time.sleep(0.5)
+    assert seen == EXPECTED_AFTER_ROUTES
+    assert {item["metric"]["job"] for item in result["result"]} == {"shop"}
+    assert [(rule["name"], rule["health"], rule.get("lastError", "")) for rule in rules_seen] == [
+        (rule["name"], "ok", "") for rule in rules_seen
+    ]
+    assert len(rules_seen) == 13
+
+
+def test_fastapi_demo_simulates_traffic_and_prints_how_to_scrape(tmp_path: Path) -> None:
+    """With --simulate the counters move on their own, and the app prints how to scrape it."""
+    port = free_port()
+    command = [sys.executable, "-u", str(EXAMPLES / "fastapi_app.py"), "--port", str(port)]
+    metrics_url = f"http://127.0.0.1:{port}/metrics/"
+    log = tmp_path / "demo.log"
+    with serving([*command, "--simulate"], metrics_url, EXAMPLES, log):
+        first = scrape(metrics_url)
+        deadline = time.monotonic() + 30
+        while scrape(metrics_url) == first:
+            assert time.monotonic() < deadline, "the simulated traffic did not move any counter"
+            time.sleep(0.2)
+    printed = log.read_text().splitlines()
+    assert printed[:2] == [
+        f"Serving {metrics_url}",
+        f"Try: curl -s {metrics_url} | grep veza_business",
+    ]
+    assert "prometheus --config.file=examples/prometheus.yml" in printed[2]
+
+
+def test_shipped_prometheus_config_is_valid(promtool: str) -> None:
+    """The demo's Prometheus config, and the rules it loads, pass promtool check config."""
+    result = subprocess.run(
+        [promtool, "check", "config", "examples/prometheus.yml"],
+        cwd=EXAMPLES.parent,
+        capture_output=True,
         text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            serving = process.stdout.readline().split()
-            curl = process.stdout.readline()
-            assert serving[0] == "Serving"
-            url = serving[1]
-            assert url.startswith("http://127.0.0.1:")
-            assert url.endswith("/metrics")
-            assert f"curl -s {url}" in curl
-            with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310
-                text = response.read().decode()
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-    values = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name.startswith("veza_business_") and sample.name.endswith("_total")
-    }
-    assert values[("veza_business_logins_total", (("outcome", "success"),))] == 3
-    assert values[("veza_business_logins_total", (("outcome", "failure_locked"),))] == 0
-    assert values[("veza_business_orders_total", (("status", "created"),))] == 2
-    assert values[("veza_business_revenue_cents_total", (("currency", "EUR"),))] == 1999
-    assert values[("veza_business_revenue_cents_total", (("currency", "EUR-refund"),))] == 500
-    assert values[("veza_business_account_deletions_total", ())] == 1
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 13 rules found" in result.stdout

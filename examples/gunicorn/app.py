@@ -13,6 +13,6 @@ from flask_app import create_app
 # The default registry would only see the worker that answers the scrape; this one
 # reads the files that every worker, dead or alive, wrote in PROMETHEUS_MULTIPROC_DIR.
 registry = CollectorRegistry()
-multiprocess.MultiProcessCollector(registry)
+multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
 
 app = create_app(registry)

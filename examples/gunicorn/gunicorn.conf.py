@@ -1,7 +1,12 @@
-"""gunicorn settings for the multiprocess example shop.
+r"""Configure gunicorn for the multiprocess example shop.
 
-    PROMETHEUS_MULTIPROC_DIR=/run/shop-metrics \\
-        gunicorn --config examples/gunicorn/gunicorn.conf.py app:app [--preload]
+Start it from the repository root with an empty directory for the metrics files::
+
+    PROMETHEUS_MULTIPROC_DIR=/tmp/shop-metrics \
+        gunicorn --config examples/gunicorn/gunicorn.conf.py app:app
+
+``--preload`` works too. ``SHOP_BIND`` (default ``127.0.0.1:8000``) and ``SHOP_WORKERS``
+(default 4) override the address and the number of workers.
 """
 
 from __future__ import annotations
@@ -9,11 +14,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from gunicorn.arbiter import Arbiter
-    from gunicorn.workers.base import Worker
+
+class _Worker(Protocol):
+    pid: int
+
 
 HERE = Path(__file__).resolve().parent
 sys.path.extend([str(HERE), str(HERE.parent)])
@@ -28,7 +34,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
-def on_starting(server: Arbiter) -> None:  # noqa: ARG001
+def on_starting(server: object) -> None:  # noqa: ARG001
     """Delete the metrics files of earlier runs, so that counts start from zero."""
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
     # With --preload the app, and so the zero series, were loaded into this master
@@ -39,10 +45,10 @@ def on_starting(server: Arbiter) -> None:  # noqa: ARG001
             path.unlink()
 
 
-def child_exit(server: Arbiter, worker: Worker) -> None:  # noqa: ARG001
+def child_exit(server: object, worker: _Worker) -> None:  # noqa: ARG001
     """Tell prometheus_client that a worker is gone, however it died."""
     # Imported here, after PROMETHEUS_MULTIPROC_DIR is set, like every other import of
     # prometheus_client in these processes. Counter files stay: their counts live on.
     from prometheus_client import multiprocess  # noqa: PLC0415
 
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

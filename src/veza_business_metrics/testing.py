@@ -172,4 +172,3 @@ def business_metrics() -> BusinessMetrics:
 def business_metrics_delta(business_metrics: BusinessMetrics) -> MetricsDelta:
     """Give the changes of the business counters since the test started."""
     return MetricsDelta(business_metrics)
-

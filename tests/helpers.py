@@ -1,0 +1,116 @@
+"""Helpers for tests that drive real tools and servers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+Labels = tuple[tuple[str, str], ...]
+Series = dict[tuple[str, Labels], float]
+
+
+def require_tool(name: str) -> str:
+    """Return the path of the executable ``name``; skip without it, but fail in CI.
+
+    Raises:
+        pytest.fail.Exception: If it is missing and ``CI=true``, since CI installs it.
+        pytest.skip.Exception: If it is missing on a developer's machine.
+    """
+    # Tools installed with pip live beside this interpreter, which may not be on PATH.
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    path = shutil.which(name, path=search)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not on PATH, but CI=true and .ci/run installs it")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def http(method: str, url: str, body: object = None) -> tuple[int, Any]:
+    """Send one request with an optional JSON body; return the status and decoded JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(  # noqa: S310
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+        error.close()
+    return status, json.loads(raw) if raw else None
+
+
+def scrape(url: str) -> Series:
+    """Return every veza_business_*_total sample served at ``url``."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("veza_business_") and sample.name.endswith("_total")
+    }
+
+
+@contextlib.contextmanager
+def serving(
+    command: Sequence[str],
+    ready_url: str,
+    cwd: Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server, writing its output to ``log``, until the block ends; always stop it.
+
+    The block starts once ``ready_url`` answers; the test fails if it never does.
+    """
+    with (
+        log.open("wb") as output,
+        subprocess.Popen(
+            command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=output, stderr=output
+        ) as process,
+    ):
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=5):  # noqa: S310
+                        break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail(f"{command[0]} did not serve {ready_url}:\n{log.read_text()}")
+                    time.sleep(0.1)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
