@@ -114,3 +114,12 @@ def serving(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def promtool_ok(promtool: str, *arguments: str, cwd: Path | None = None) -> str:
+    """Run promtool with ``arguments``, require success and return what it printed."""
+    result = subprocess.run(
+        [promtool, *arguments], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout

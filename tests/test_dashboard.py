@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from helpers import promtool_ok
 from veza_business_metrics.__main__ import read_asset
 
 if TYPE_CHECKING:
@@ -119,12 +119,5 @@ def test_every_query_is_valid_promql(promtool: str, tmp_path: Path) -> None:
     rules = [{"record": f"dashboard:query_{n}", "expr": expr} for n, expr in enumerate(queries())]
     path = tmp_path / "dashboard_queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    result = subprocess.run(
-        [promtool, "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"SUCCESS: {len(rules)} rules found" in result.stdout
+    printed = promtool_ok(promtool, "check", "rules", str(path))
+    assert f"SUCCESS: {len(rules)} rules found" in printed

@@ -7,7 +7,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from helpers import free_port, http, require_tool, scrape, serving
+from helpers import free_port, http, promtool_ok, require_tool, scrape, serving
 from veza_business_metrics.__main__ import main
 
 if TYPE_CHECKING:
@@ -329,13 +328,7 @@ def test_fastapi_demo_simulates_traffic_and_prints_how_to_scrape(tmp_path: Path)
 
 def test_shipped_prometheus_config_is_valid(promtool: str) -> None:
     """The demo's Prometheus config, and the rules it loads, pass promtool check config."""
-    result = subprocess.run(
-        [promtool, "check", "config", "examples/prometheus.yml"],
-        cwd=EXAMPLES.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    printed = promtool_ok(
+        promtool, "check", "config", "examples/prometheus.yml", cwd=EXAMPLES.parent
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 13 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in printed

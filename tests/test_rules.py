@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from helpers import promtool_ok
 from veza_business_metrics.__main__ import main, read_asset
 
 PROMTOOL_TESTS = Path(__file__).resolve().parent / "promtool"
@@ -77,28 +77,13 @@ def test_every_alert_has_a_firing_and_a_silent_promtool_case() -> None:
 
 def test_promtool_check_rules_passes(promtool: str, printed_rules: Path) -> None:
     """The promtool check of the rules accepts the printed file and counts all 13 rules."""
-    result = subprocess.run(
-        [promtool, "check", "rules", str(printed_rules)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 13 rules found" in result.stdout
+    printed = promtool_ok(promtool, "check", "rules", str(printed_rules))
+    assert "SUCCESS: 13 rules found" in printed
 
 
 @pytest.mark.parametrize("test_file", sorted(p.name for p in PROMTOOL_TESTS.glob("*_test.yml")))
 def test_promtool_unit_tests_pass(promtool: str, printed_rules: Path, test_file: str) -> None:
     """Every promtool unit test in tests/promtool passes against the printed rules."""
     shutil.copy(PROMTOOL_TESTS / test_file, printed_rules.parent)
-    result = subprocess.run(
-        [promtool, "test", "rules", test_file],
-        cwd=printed_rules.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
+    printed = promtool_ok(promtool, "test", "rules", test_file, cwd=printed_rules.parent)
+    assert "SUCCESS" in printed
