@@ -4,14 +4,18 @@ Usage, from the repository root with only python3 (3.11+) on PATH::
 
     python3 scripts/dev.py test   # lint, format check, types, tests, coverage
     python3 scripts/dev.py demo   # serve the FastAPI example shop on 127.0.0.1
+
+The test command also reruns the tests on the lowest supported prometheus-client, and
+on every newer CPython 3 it finds as python3.N on PATH or under pyenv.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,12 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 LOWEST_PROMETHEUS_CLIENT = "prometheus-client==0.20.0"
 
 
-def bootstrap(name: str, *requirements: str) -> Path:
+TEST_REQUIREMENTS = ("--requirement", str(ROOT / "requirements" / "test.txt"))
+
+
+def bootstrap(name: str, *requirements: str, interpreter: str = sys.executable) -> Path:
     """Create ``.venv-<name>`` once, install the package and ``requirements``, return python."""
     env_dir = ROOT / f".venv-{name}"
     python = env_dir / "bin" / "python"
     if not python.exists():
-        venv.create(env_dir, with_pip=True)
+        run(interpreter, "-m", "venv", str(env_dir))
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     run(*pip, "--editable", str(ROOT), *requirements)
     return python
@@ -38,22 +45,41 @@ def run(*command: str) -> None:
         sys.exit(completed.returncode)
 
 
+def newer_pythons() -> dict[str, str]:
+    """Return the CPython interpreters newer than this one, by version, one per version."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(12, 20)]
+    candidates += [str(path) for path in sorted(pyenv.glob("3.*/bin/python3"))]
+    found: dict[tuple[int, ...], str] = {}
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [candidate, "-c", "import sys, venv; print(*sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        # pyenv's shims exist on PATH for versions it has not activated; they fail here.
+        if probe.returncode == 0:
+            version = tuple(map(int, probe.stdout.split()))
+            if version > sys.version_info[:2]:
+                found.setdefault(version, candidate)
+    return {".".join(map(str, version)): found[version] for version in sorted(found)}
+
+
 def test() -> None:
-    """Run lint, format check, mypy, the tests under coverage, then the tests on the floor."""
-    python = bootstrap("test", "--requirement", str(ROOT / "requirements" / "test.txt"))
+    """Run lint, format check, mypy and the tests under coverage, then the other runs."""
+    python = bootstrap("test", *TEST_REQUIREMENTS)
     run(str(python), "-m", "ruff", "check", ".")
     run(str(python), "-m", "ruff", "format", "--check", ".")
-    run(str(python), "-m", "mypy", "src", "tests", "examples")
+    run(str(python), "-m", "mypy", "src", "tests", "examples", "scripts", "benchmarks")
     run(str(python), "-m", "coverage", "erase")
     run(str(python), "-m", "coverage", "run", "-m", "pytest")
     run(str(python), "-m", "coverage", "report")
-    lowest = bootstrap(
-        "lowest",
-        "--requirement",
-        str(ROOT / "requirements" / "test.txt"),
-        LOWEST_PROMETHEUS_CLIENT,
-    )
+    lowest = bootstrap("lowest", *TEST_REQUIREMENTS, LOWEST_PROMETHEUS_CLIENT)
     run(str(lowest), "-m", "pytest", "-p", "no:cacheprovider", "-q")
+    for version, interpreter in newer_pythons().items():
+        newer = bootstrap(f"py{version}", *TEST_REQUIREMENTS, interpreter=interpreter)
+        run(str(newer), "-m", "pytest", "-p", "no:cacheprovider", "-q")
 
 
 def demo(port: int, *, simulate: bool) -> None:

@@ -58,19 +58,32 @@ def test_help_explains_both_commands() -> None:
     assert "Grafana dashboard" in result.stdout
 
 
-def test_wheel_ships_the_data_files(tmp_path: Path) -> None:
-    """The built wheel contains py.typed, the rules file and the dashboard."""
+def test_commands_work_from_a_fresh_install_of_the_wheel(tmp_path: Path) -> None:
+    """Installed from its wheel into a new environment, the package prints both files."""
     root = Path(__file__).resolve().parent.parent
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
     subprocess.run(
-        [
-            *(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"),
-            *("--no-build-isolation", "--wheel-dir", str(tmp_path), str(root)),
-        ],
+        [*pip_wheel, "--no-build-isolation", "--wheel-dir", str(tmp_path), str(root)],
         check=True,
         timeout=300,
     )
     (wheel,) = tmp_path.glob("veza_business_metrics-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    for filename in ["py.typed", "rules.yml", "dashboard.json", "__main__.py"]:
+    for filename in ["py.typed", "rules.yml", "dashboard.json", "__main__.py", "testing.py"]:
         assert f"veza_business_metrics/{filename}" in names
+    environment = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(environment)], check=True, timeout=300)
+    python = str(environment / "bin" / "python")
+    pip_install = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip_install, str(wheel)], check=True, timeout=300)
+    for command in ROOT_FILES:
+        printed = subprocess.run(
+            [python, "-m", "veza_business_metrics", command],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        assert printed.stdout == read_asset(command)
