@@ -68,33 +68,24 @@ def test_zero_series_exist_before_any_event(registry: CollectorRegistry) -> None
     assert series(registry) == expected
 
 
-@pytest.mark.parametrize(("helper", "outcome"), LOGIN_HELPERS)
-def test_login_helpers_count_their_outcome_only(
-    metrics: BusinessMetrics, registry: CollectorRegistry, helper: str, outcome: str
+NO_ARGUMENT_HELPERS = [
+    *((helper, (LOGINS, (("outcome", outcome),))) for helper, outcome in LOGIN_HELPERS),
+    *((helper, (ORDERS, (("status", status),))) for helper, status in ORDER_HELPERS),
+    ("record_account_deletion", (DELETIONS, ())),
+]
+
+
+@pytest.mark.parametrize(("helper", "key"), NO_ARGUMENT_HELPERS)
+def test_no_argument_helpers_count_their_series_only(
+    metrics: BusinessMetrics,
+    registry: CollectorRegistry,
+    helper: str,
+    key: tuple[str, tuple[tuple[str, str], ...]],
 ) -> None:
-    """Each login helper adds 1 to its own outcome and to nothing else."""
+    """Each helper without arguments adds 1 to its own series and to nothing else."""
     before = series(registry)
     getattr(metrics, helper)()
-    assert series(registry) == {**before, (LOGINS, (("outcome", outcome),)): 1.0}
-
-
-@pytest.mark.parametrize(("helper", "status"), ORDER_HELPERS)
-def test_order_helpers_count_their_status_only(
-    metrics: BusinessMetrics, registry: CollectorRegistry, helper: str, status: str
-) -> None:
-    """Each order helper adds 1 to its own status and to nothing else."""
-    before = series(registry)
-    getattr(metrics, helper)()
-    assert series(registry) == {**before, (ORDERS, (("status", status),)): 1.0}
-
-
-def test_account_deletion_counts_once(
-    metrics: BusinessMetrics, registry: CollectorRegistry
-) -> None:
-    """record_account_deletion adds 1 to the unlabelled deletion counter."""
-    before = series(registry)
-    metrics.record_account_deletion()
-    assert series(registry) == {**before, (DELETIONS, ()): 1.0}
+    assert series(registry) == {**before, key: 1.0}
 
 
 @pytest.mark.parametrize("outcome", [*LoginOutcome, *(o.value for o in LoginOutcome)])
