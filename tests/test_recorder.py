@@ -88,22 +88,30 @@ def test_no_argument_helpers_count_their_series_only(
     assert series(registry) == {**before, key: 1.0}
 
 
-@pytest.mark.parametrize("outcome", [*LoginOutcome, *(o.value for o in LoginOutcome)])
-def test_record_login_takes_a_member_or_its_value(
-    metrics: BusinessMetrics, registry: CollectorRegistry, outcome: str
-) -> None:
-    """record_login labels the series with the value, whether given a member or a string."""
-    metrics.record_login(outcome)  # type: ignore[arg-type]
-    assert registry.get_sample_value(LOGINS, {"outcome": LoginOutcome(outcome).value}) == 1.0
+ACCEPTED_LABELS = [
+    (record, name, label, enum, value)
+    for record, name, label, enum in [
+        ("record_login", LOGINS, "outcome", LoginOutcome),
+        ("record_order_event", ORDERS, "status", OrderStatus),
+    ]
+    for member in enum
+    for value in (member, member.value)
+]
 
 
-@pytest.mark.parametrize("status", [*OrderStatus, *(s.value for s in OrderStatus)])
-def test_record_order_event_takes_a_member_or_its_value(
-    metrics: BusinessMetrics, registry: CollectorRegistry, status: str
+@pytest.mark.parametrize(("record", "name", "label", "enum", "value"), ACCEPTED_LABELS)
+def test_label_recorders_take_a_member_or_its_value(
+    metrics: BusinessMetrics,
+    registry: CollectorRegistry,
+    record: str,
+    name: str,
+    label: str,
+    enum: type[LoginOutcome | OrderStatus],
+    value: str,
 ) -> None:
-    """record_order_event labels the series with the value, given a member or a string."""
-    metrics.record_order_event(status)  # type: ignore[arg-type]
-    assert registry.get_sample_value(ORDERS, {"status": OrderStatus(status).value}) == 1.0
+    """An outcome or status labels its series with the value, given a member or a string."""
+    getattr(metrics, record)(value)
+    assert registry.get_sample_value(name, {label: enum(value).value}) == 1.0
 
 
 BAD_LABELS = [
