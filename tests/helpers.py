@@ -20,8 +20,54 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+    from prometheus_client.registry import Collector
+
 Labels = tuple[tuple[str, str], ...]
-Series = dict[tuple[str, Labels], float]
+Key = tuple[str, Labels]
+Series = dict[Key, float]
+
+# The contract, written out here independently of the library's own declaration.
+LOGINS = "veza_business_logins_total"
+ORDERS = "veza_business_orders_total"
+REVENUE = "veza_business_revenue_cents_total"
+DELETIONS = "veza_business_account_deletions_total"
+OUTCOMES = (
+    "success",
+    "failure_credentials",
+    "failure_unverified",
+    "failure_locked",
+    "failure_2fa",
+    "failure_other",
+)
+STATUSES = ("created", "completed", "refunded", "failed")
+
+
+def key(name: str, label: str = "", value: str = "") -> Key:
+    """Return the key of one series as ``business_series`` reports it."""
+    return (name, ((label, value),) if label else ())
+
+
+# The 11 series that every process exports at 0 from import.
+ZERO: Series = {
+    **{key(LOGINS, "outcome", outcome): 0.0 for outcome in OUTCOMES},
+    **{key(ORDERS, "status", status): 0.0 for status in STATUSES},
+    key(DELETIONS): 0.0,
+}
+
+
+def business_series(source: str | Collector) -> Series:
+    """Return every veza_business_*_total sample of an exposition text or a collector."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    families = (
+        text_string_to_metric_families(source) if isinstance(source, str) else source.collect()
+    )
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families
+        for sample in family.samples
+        if sample.name.startswith("veza_business_") and sample.name.endswith("_total")
+    }
 
 
 def require_tool(name: str) -> str:
@@ -66,16 +112,8 @@ def http(method: str, url: str, body: object = None) -> tuple[int, Any]:
 
 def scrape(url: str) -> Series:
     """Return every veza_business_*_total sample served at ``url``."""
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
-
     with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name.startswith("veza_business_") and sample.name.endswith("_total")
-    }
+        return business_series(response.read().decode())
 
 
 @contextlib.contextmanager

@@ -14,17 +14,26 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from helpers import free_port, http, promtool_ok, require_tool, scrape, serving
+from helpers import (
+    DELETIONS,
+    LOGINS,
+    ORDERS,
+    REVENUE,
+    ZERO,
+    free_port,
+    http,
+    key,
+    promtool_ok,
+    require_tool,
+    scrape,
+    serving,
+)
 from veza_business_metrics.__main__ import main
 
 if TYPE_CHECKING:
     from helpers import Series
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-LOGINS = "veza_business_logins_total"
-ORDERS = "veza_business_orders_total"
-REVENUE = "veza_business_revenue_cents_total"
-DELETIONS = "veza_business_account_deletions_total"
 # One login per outcome of the fake user table, as (body, expected status, outcome).
 LOGIN_CASES = [
     ({"username": "alice", "password": "wonderland"}, 200, "success"),
@@ -35,16 +44,6 @@ LOGIN_CASES = [
     ({"username": "erin", "password": "brockovich"}, 401, "failure_other"),
     ({"username": "dave", "password": "grohl", "otp": "123456"}, 200, "success"),
 ]
-ZERO: Series = {
-    **{(LOGINS, (("outcome", case[2]),)): 0.0 for case in LOGIN_CASES},
-    **{(ORDERS, (("status", s),)): 0.0 for s in ["created", "completed", "refunded", "failed"]},
-    (DELETIONS, ()): 0.0,
-}
-
-
-def series(name: str, label: str = "", value: str = "") -> tuple[str, tuple[tuple[str, str], ...]]:
-    """Return the key of one series as scrape() reports it."""
-    return (name, ((label, value),) if label else ())
 
 
 def drive_every_route(base: str) -> None:
@@ -97,20 +96,20 @@ def drive_bad_requests(base: str) -> None:
 
 EXPECTED_AFTER_ROUTES: Series = {
     **ZERO,
-    series(LOGINS, "outcome", "success"): 2.0,
-    series(LOGINS, "outcome", "failure_credentials"): 1.0,
-    series(LOGINS, "outcome", "failure_unverified"): 1.0,
-    series(LOGINS, "outcome", "failure_locked"): 1.0,
-    series(LOGINS, "outcome", "failure_2fa"): 1.0,
-    series(LOGINS, "outcome", "failure_other"): 1.0,
-    series(ORDERS, "status", "created"): 3.0,
-    series(ORDERS, "status", "completed"): 2.0,
-    series(ORDERS, "status", "refunded"): 1.0,
-    series(ORDERS, "status", "failed"): 1.0,
-    series(REVENUE, "currency", "EUR"): 1999.0,
-    series(REVENUE, "currency", "USD"): 500.0,
-    series(REVENUE, "currency", "USD-refund"): 500.0,
-    series(DELETIONS): 1.0,
+    key(LOGINS, "outcome", "success"): 2.0,
+    key(LOGINS, "outcome", "failure_credentials"): 1.0,
+    key(LOGINS, "outcome", "failure_unverified"): 1.0,
+    key(LOGINS, "outcome", "failure_locked"): 1.0,
+    key(LOGINS, "outcome", "failure_2fa"): 1.0,
+    key(LOGINS, "outcome", "failure_other"): 1.0,
+    key(ORDERS, "status", "created"): 3.0,
+    key(ORDERS, "status", "completed"): 2.0,
+    key(ORDERS, "status", "refunded"): 1.0,
+    key(ORDERS, "status", "failed"): 1.0,
+    key(REVENUE, "currency", "EUR"): 1999.0,
+    key(REVENUE, "currency", "USD"): 500.0,
+    key(REVENUE, "currency", "USD-refund"): 500.0,
+    key(DELETIONS): 1.0,
 }
 
 
@@ -129,12 +128,12 @@ def test_quickstart_serves_the_recorded_events(tmp_path: Path) -> None:
     command = [sys.executable, "-u", str(EXAMPLES / "quickstart.py"), "--port", str(port)]
     with serving(command, f"http://127.0.0.1:{port}/metrics", EXAMPLES, tmp_path / "log"):
         values = scrape(f"http://127.0.0.1:{port}/metrics")
-    assert values[series(LOGINS, "outcome", "success")] == 3
-    assert values[series(LOGINS, "outcome", "failure_locked")] == 0
-    assert values[series(ORDERS, "status", "created")] == 2
-    assert values[series(REVENUE, "currency", "EUR")] == 1999
-    assert values[series(REVENUE, "currency", "EUR-refund")] == 500
-    assert values[series(DELETIONS)] == 1
+    assert values[key(LOGINS, "outcome", "success")] == 3
+    assert values[key(LOGINS, "outcome", "failure_locked")] == 0
+    assert values[key(ORDERS, "status", "created")] == 2
+    assert values[key(REVENUE, "currency", "EUR")] == 1999
+    assert values[key(REVENUE, "currency", "EUR-refund")] == 500
+    assert values[key(DELETIONS)] == 1
 
 
 def test_fastapi_app_under_uvicorn(tmp_path: Path) -> None:
@@ -191,9 +190,9 @@ def expected_scrape(counts: collections.Counter[tuple[str, str]]) -> Series:
     expected = dict(ZERO)
     for (label, value), count in counts.items():
         name = LOGINS if label == "outcome" else ORDERS
-        expected[series(name, label, value)] = float(count)
+        expected[key(name, label, value)] = float(count)
     if counts["status", "completed"]:
-        expected[series(REVENUE, "currency", "EUR")] = 100.0 * counts["status", "completed"]
+        expected[key(REVENUE, "currency", "EUR")] = 100.0 * counts["status", "completed"]
     return expected
 
 

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
+import sys
 import textwrap
 from typing import TYPE_CHECKING
 
+import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import veza_business_metrics
-from veza_business_metrics import LoginOutcome, OrderStatus, metrics
+from helpers import LOGINS, ORDERS, REVENUE, ZERO, business_series, key
+from veza_business_metrics import metrics
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+
+    from helpers import Labels
 
     RunPython = Callable[..., str]
 
@@ -32,33 +37,12 @@ CONTRACT: dict[str, tuple[str, list[str]]] = {
     "veza_business_account_deletions": ("Hard-delete + RGPD account erasures.", []),
 }
 
-# Prints every veza_business_*_total sample of the default registry as JSON.
+# Prints the default registry's exposition.
 DUMP_SERIES = """
-import json
-from prometheus_client import REGISTRY
-print(json.dumps([
-    [s.name, s.labels, s.value]
-    for family in REGISTRY.collect() for s in family.samples
-    if s.name.startswith("veza_business_") and s.name.endswith("_total")
-]))
+import pytest
+from prometheus_client import REGISTRY, generate_latest
+print(generate_latest(REGISTRY).decode())
 """
-
-
-Labels = tuple[tuple[str, str], ...]
-
-
-def as_series(dumped: str) -> dict[tuple[str, Labels], float]:
-    """Turn the JSON printed by DUMP_SERIES into values keyed by name and sorted labels."""
-    return {
-        (name, tuple(sorted(labels.items()))): value for name, labels, value in json.loads(dumped)
-    }
-
-
-ZERO_SERIES: dict[tuple[str, Labels], float] = {
-    **{("veza_business_logins_total", (("outcome", o.value),)): 0.0 for o in LoginOutcome},
-    **{("veza_business_orders_total", (("status", s.value),)): 0.0 for s in OrderStatus},
-    ("veza_business_account_deletions_total", ()): 0.0,
-}
 
 
 def parsed_default_registry() -> dict[str, tuple[str, str, dict[Labels, float]]]:
@@ -94,8 +78,8 @@ def test_module_attributes_are_the_default_registry_counters() -> None:
 
 def test_import_creates_exactly_the_eleven_zero_series(run_python: RunPython) -> None:
     """Importing the package in a fresh process exports exactly 11 series, all at 0."""
-    dumped = as_series(run_python("import veza_business_metrics\n" + DUMP_SERIES))
-    assert dumped == ZERO_SERIES
+    dumped = business_series(run_python("import veza_business_metrics\n" + DUMP_SERIES))
+    assert dumped == ZERO
     assert len(dumped) == 11
 
 
@@ -166,10 +150,10 @@ assert m.BUSINESS_LOGINS_TOTAL is counter
 m.record_login_success()
 m.record_revenue(100, "eur")
 """
-    assert as_series(run_python(code + DUMP_SERIES)) == {
-        **ZERO_SERIES,
-        ("veza_business_logins_total", (("outcome", "success"),)): 2.0,
-        ("veza_business_revenue_cents_total", (("currency", "EUR"),)): 200.0,
+    assert business_series(run_python(code + DUMP_SERIES)) == {
+        **ZERO,
+        key(LOGINS, "outcome", "success"): 2.0,
+        key(REVENUE, "currency", "EUR"): 200.0,
     }
 
 
@@ -186,17 +170,17 @@ assert second is not first
 second.record_order_created()
 assert second.metrics.BUSINESS_ORDERS_TOTAL is first.metrics.BUSINESS_ORDERS_TOTAL
 """
-    assert as_series(run_python(code + DUMP_SERIES)) == {
-        **ZERO_SERIES,
-        ("veza_business_orders_total", (("status", "created"),)): 2.0,
+    assert business_series(run_python(code + DUMP_SERIES)) == {
+        **ZERO,
+        key(ORDERS, "status", "created"): 2.0,
     }
 
 
 def test_multiprocess_mode_sums_forked_workers(tmp_path: Path, run_python: RunPython) -> None:
     """Two forked processes record, and a MultiProcessCollector sees the exact sums and zeros."""
     code = textwrap.dedent("""
-        import json, os
-        from prometheus_client import CollectorRegistry, multiprocess
+        import os
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
         import veza_business_metrics as v
 
         for worker in (1, 2):
@@ -211,17 +195,56 @@ def test_multiprocess_mode_sums_forked_workers(tmp_path: Path, run_python: RunPy
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        print(json.dumps([
-            [s.name, s.labels, s.value]
-            for family in registry.collect() for s in family.samples
-            if s.name.startswith("veza_business_")
-        ]))
+        print(generate_latest(registry).decode())
     """)
     dumped = run_python(code, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
     # No *_created samples: multiprocess mode does not export them.
-    assert as_series(dumped) == {
-        **ZERO_SERIES,
-        ("veza_business_logins_total", (("outcome", "success"),)): 300.0,
-        ("veza_business_orders_total", (("status", "completed"),)): 2.0,
-        ("veza_business_revenue_cents_total", (("currency", "EUR"),)): 3000.0,
+    assert "_created" not in dumped
+    assert business_series(dumped) == {
+        **ZERO,
+        key(LOGINS, "outcome", "success"): 300.0,
+        key(ORDERS, "status", "completed"): 2.0,
+        key(REVENUE, "currency", "EUR"): 3000.0,
     }
+
+
+def test_isolated_instance_is_refused_in_multiprocess_mode(
+    tmp_path: Path, run_python: RunPython
+) -> None:
+    """In multiprocess mode a second registry raises MultiprocessError and writes nothing."""
+    code = textwrap.dedent("""
+        import os
+        from prometheus_client import CollectorRegistry
+        import veza_business_metrics as v
+
+        before = sorted(os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+        try:
+            v.BusinessMetrics(CollectorRegistry())
+        except v.MultiprocessError as error:
+            print(error)
+        assert sorted(os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])) == before
+    """)
+    printed = run_python(code, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert printed.startswith("BusinessMetrics(<prometheus_client.registry.CollectorRegistry")
+    assert "cannot count in isolation in multiprocess mode" in printed
+
+
+@pytest.mark.parametrize("variable", ["PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"])
+def test_a_missing_multiprocess_directory_is_named(tmp_path: Path, variable: str) -> None:
+    """Importing with the directory missing raises MultiprocessError naming the variable."""
+    missing = tmp_path / "gone"
+    env = {k: v for k, v in os.environ.items() if k.upper() != "PROMETHEUS_MULTIPROC_DIR"}
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", "import veza_business_metrics"],
+        capture_output=True,
+        text=True,
+        env={**env, variable: str(missing)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"veza_business_metrics._errors.MultiprocessError: PROMETHEUS_MULTIPROC_DIR is"
+        f" '{missing}', which is not a directory: create it before the first metric is"
+        " created, or unset the variable to count in this process only"
+    )

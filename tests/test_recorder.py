@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from helpers import DELETIONS, LOGINS, ORDERS, REVENUE, ZERO, business_series, key
 from veza_business_metrics import (
     BusinessMetrics,
     InvalidAmountError,
@@ -24,10 +25,8 @@ from veza_business_metrics._recorder import MAX_AMOUNT_CENTS
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-LOGINS = "veza_business_logins_total"
-ORDERS = "veza_business_orders_total"
-REVENUE = "veza_business_revenue_cents_total"
-DELETIONS = "veza_business_account_deletions_total"
+    from helpers import Key
+
 # Computed here from pycountry, independently of the constant the library ships.
 ISO_CODES = sorted(currency.alpha_3 for currency in pycountry.currencies)
 
@@ -47,45 +46,30 @@ ORDER_HELPERS = [
 ]
 
 
-def series(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Return every ``veza_business_*_total`` sample of ``registry`` by name and labels."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in registry.collect()
-        for sample in family.samples
-        if sample.name.startswith("veza_business_") and sample.name.endswith("_total")
-    }
-
-
 def test_zero_series_exist_before_any_event(registry: CollectorRegistry) -> None:
     """A new instance exports all 6 outcomes, all 4 statuses and deletions at 0: 11 series."""
     BusinessMetrics(registry)
-    expected: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {
-        **{(LOGINS, (("outcome", o.value),)): 0.0 for o in LoginOutcome},
-        **{(ORDERS, (("status", s.value),)): 0.0 for s in OrderStatus},
-        (DELETIONS, ()): 0.0,
-    }
-    assert series(registry) == expected
+    assert business_series(registry) == ZERO
 
 
 NO_ARGUMENT_HELPERS = [
-    *((helper, (LOGINS, (("outcome", outcome),))) for helper, outcome in LOGIN_HELPERS),
-    *((helper, (ORDERS, (("status", status),))) for helper, status in ORDER_HELPERS),
-    ("record_account_deletion", (DELETIONS, ())),
+    *((helper, key(LOGINS, "outcome", outcome)) for helper, outcome in LOGIN_HELPERS),
+    *((helper, key(ORDERS, "status", status)) for helper, status in ORDER_HELPERS),
+    ("record_account_deletion", key(DELETIONS)),
 ]
 
 
-@pytest.mark.parametrize(("helper", "key"), NO_ARGUMENT_HELPERS)
+@pytest.mark.parametrize(("helper", "series"), NO_ARGUMENT_HELPERS)
 def test_no_argument_helpers_count_their_series_only(
     metrics: BusinessMetrics,
     registry: CollectorRegistry,
     helper: str,
-    key: tuple[str, tuple[tuple[str, str], ...]],
+    series: Key,
 ) -> None:
     """Each helper without arguments adds 1 to its own series and to nothing else."""
-    before = series(registry)
+    before = business_series(registry)
     getattr(metrics, helper)()
-    assert series(registry) == {**before, key: 1.0}
+    assert business_series(registry) == {**before, series: 1.0}
 
 
 ACCEPTED_LABELS = [
@@ -167,7 +151,7 @@ def test_revenue_matches_currency_in_any_case(
     """record_revenue accepts a code in any case and exports it upper case."""
     metrics.record_revenue(1999, spelling)
     metrics.record_revenue(1, spelling)
-    assert series(registry)[REVENUE, (("currency", "EUR"),)] == 2000.0
+    assert business_series(registry)[key(REVENUE, "currency", "EUR")] == 2000.0
 
 
 def test_revenue_spellings_share_one_series(
@@ -176,8 +160,8 @@ def test_revenue_spellings_share_one_series(
     """Revenue recorded as "usd" and "USD" lands in the single USD series."""
     metrics.record_revenue(100, "usd")
     metrics.record_revenue(250, "USD")
-    revenue = {key: value for key, value in series(registry).items() if key[0] == REVENUE}
-    assert revenue == {(REVENUE, (("currency", "USD"),)): 350.0}
+    revenue = {k: v for k, v in business_series(registry).items() if k[0] == REVENUE}
+    assert revenue == {key(REVENUE, "currency", "USD"): 350.0}
 
 
 def test_revenue_series_appear_on_first_use(
@@ -313,7 +297,7 @@ def test_every_iso_code_is_accepted_and_bounded(
     for code in ISO_CODES:
         metrics.record_revenue(1, code.lower())
         metrics.record_refund(1, code)
-    revenue = [key for key in series(registry) if key[0] == REVENUE]
+    revenue = [k for k in business_series(registry) if k[0] == REVENUE]
     assert len(revenue) == 2 * len(ISO_CODES) == 356
 
 
@@ -347,6 +331,31 @@ def test_conflicting_registration_is_refused(
     squatter(registry)
     with pytest.raises(ValueError, match="veza_business_orders_total is already registered"):
         BusinessMetrics(registry)
+
+
+@pytest.mark.parametrize(
+    ("squatter", "message"),
+    [
+        (
+            lambda r: Gauge("veza_business_account_deletions_total", "x", registry=r),
+            "veza_business_account_deletions_total is already registered",
+        ),
+        (
+            lambda r: Gauge("veza_business_orders_created", "x", registry=r),
+            "veza_business_orders_total cannot be registered: veza_business_orders_created",
+        ),
+    ],
+)
+def test_a_refusal_registers_nothing(
+    registry: CollectorRegistry, squatter: Callable[[CollectorRegistry], Gauge], message: str
+) -> None:
+    """When any one of the four names is taken, none of the four counters is registered."""
+    taken = squatter(registry)
+    before = generate_latest(registry)
+    with pytest.raises(ValueError, match=message):
+        BusinessMetrics(registry)
+    assert generate_latest(registry) == before
+    assert list(registry._collector_to_names) == [taken]
 
 
 def test_threads_count_exactly(metrics: BusinessMetrics, registry: CollectorRegistry) -> None:
@@ -416,8 +425,8 @@ def test_money_is_recorded_exactly_or_not_at_all(record: str, amount: Any, curre
         return
     getattr(metrics, record)(amount, currency)
     label = currency.upper() + ("-refund" if record == "record_refund" else "")
-    expected = {} if amount == 0 else {(REVENUE, (("currency", label),)): float(amount)}
-    added = {key: value for key, value in series(registry).items() if key[0] == REVENUE}
+    expected = {} if amount == 0 else {key(REVENUE, "currency", label): float(amount)}
+    added = {k: v for k, v in business_series(registry).items() if k[0] == REVENUE}
     assert added == expected
 
 
@@ -440,11 +449,14 @@ def test_labels_are_recorded_exactly_or_not_at_all(value: Any) -> None:
         (metrics.record_order_event, OrderStatus, ORDERS, "status"),
     ]
     for record, enum, name, label in cases:
-        before = series(registry)
+        before = business_series(registry)
         allowed = {member.value for member in enum}
         if isinstance(value, str) and value in allowed:
             record(value)
-            assert series(registry) == {**before, (name, ((label, enum(value).value),)): 1.0}
+            assert business_series(registry) == {
+                **before,
+                key(name, label, enum(value).value): 1.0,
+            }
         else:
             exposition = generate_latest(registry)
             with pytest.raises(InvalidLabelError):

@@ -1,19 +1,19 @@
-"""Tests for veza_business_metrics.testing, the helpers and pytest plugin for users."""
+"""Tests for veza_business_metrics.testing, the deltas that users assert on."""
 
 from __future__ import annotations
 
-import textwrap
+import re
 from typing import TYPE_CHECKING
 
 import pytest
 
-from veza_business_metrics import BusinessMetrics, LoginOutcome, OrderStatus
+from veza_business_metrics import BusinessMetrics, InvalidLabelError, LoginOutcome, OrderStatus
 from veza_business_metrics.testing import MetricsDelta
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
+    from collections.abc import Callable
 
-pytest_plugins = ["pytester"]
+    from prometheus_client import CollectorRegistry
 
 
 def test_delta_reports_changes_since_creation(metrics: BusinessMetrics) -> None:
@@ -36,6 +36,9 @@ def test_delta_reports_changes_since_creation(metrics: BusinessMetrics) -> None:
         "failure_other": 0,
     }
     assert delta.orders == {"created": 1, "completed": 0, "refunded": 0, "failed": 0}
+    assert (
+        repr(delta.orders) == "{'created': 1.0, 'completed': 0.0, 'refunded': 0.0, 'failed': 0.0}"
+    )
     assert delta.revenue_cents == {"EUR": 1999, "EUR-refund": 500}
     assert delta.account_deletions == 1
 
@@ -44,6 +47,10 @@ def test_unseen_currency_has_changed_by_zero(metrics: BusinessMetrics) -> None:
     """A currency without a series reads as a change of 0 rather than a KeyError."""
     delta = MetricsDelta(metrics)
     assert delta.revenue_cents["JPY"] == 0
+    assert "jpy" not in delta.revenue_cents
+    assert len(delta.revenue_cents) == 0
+    metrics.record_revenue(5, "JPY")
+    assert "jpy" in delta.revenue_cents
 
 
 def test_assert_changes_passes_on_exact_changes(metrics: BusinessMetrics) -> None:
@@ -80,11 +87,69 @@ def test_assert_changes_prints_a_diff(metrics: BusinessMetrics) -> None:
     ]
 
 
-def test_assert_changes_flags_unknown_label_values(metrics: BusinessMetrics) -> None:
-    """A misspelt label in the expectation shows up in the diff instead of passing."""
+@pytest.mark.parametrize(
+    ("expectation", "message"),
+    [
+        ({"logins": {"sucess": 1}}, "outcome must be a LoginOutcome or one of 'success'"),
+        ({"orders": {"complete": 1}}, "status must be an OrderStatus or one of 'created'"),
+        ({"orders": {LoginOutcome.SUCCESS: 1}}, "got <LoginOutcome.SUCCESS: 'success'>"),
+        ({"revenue_cents": {"EURO": 1}}, "currency must be one of the 178 active"),
+        ({"revenue_cents": {"EURO-refund": 1}}, "got 'EURO'"),
+    ],
+)
+def test_assert_changes_rejects_what_the_recorders_reject(
+    metrics: BusinessMetrics, expectation: dict[str, dict[str, float]], message: str
+) -> None:
+    """A key that no recorder accepts raises the recorders' error instead of a diff."""
     delta = MetricsDelta(metrics)
-    with pytest.raises(AssertionError, match=r'outcome="sucess"\}\s+1\s+0'):
-        delta.assert_changes(logins={"sucess": 1})
+    with pytest.raises(InvalidLabelError, match=re.escape(message)):
+        delta.assert_changes(**expectation)  # type: ignore[arg-type]
+
+
+def test_currencies_match_in_any_case(metrics: BusinessMetrics) -> None:
+    """Revenue keys match their series in any case, with or without the refund suffix."""
+    delta = MetricsDelta(metrics)
+    metrics.record_revenue(1999, "EUR")
+    metrics.record_refund(500, "usd")
+    assert delta.revenue_cents["eur"] == 1999
+    assert delta.revenue_cents["usd-REFUND"] == 500
+    delta.assert_changes(revenue_cents={"eur": 1999, "Usd-Refund": 500})
+
+
+def test_delta_mappings_reject_unknown_keys(metrics: BusinessMetrics) -> None:
+    """Looking up a label value that no recorder accepts raises instead of reading 0."""
+    delta = MetricsDelta(metrics)
+    with pytest.raises(InvalidLabelError, match="got 'sucess'"):
+        delta.logins["sucess"]
+    with pytest.raises(InvalidLabelError, match="got 'complete'"):
+        delta.orders["complete"]
+    with pytest.raises(TypeError, match="currency must be a str"):
+        delta.revenue_cents[978]
+    assert delta.orders[OrderStatus.FAILED] == 0
+
+
+def test_two_spellings_of_one_series_are_refused(metrics: BusinessMetrics) -> None:
+    """An expectation that names one series twice, as "eur" and "EUR", raises ValueError."""
+    delta = MetricsDelta(metrics)
+    with pytest.raises(ValueError, match="names the series 'EUR' twice, the last time as 'EUR'"):
+        delta.assert_changes(revenue_cents={"eur": 1, "EUR": 1})
+
+
+def test_delta_works_without_pytest(run_python: Callable[..., str]) -> None:
+    """MetricsDelta imports and reports changes in a process where pytest cannot be imported."""
+    code = """
+import sys
+sys.modules["pytest"] = None  # any import of pytest now raises ImportError
+from prometheus_client import CollectorRegistry
+from veza_business_metrics import BusinessMetrics
+from veza_business_metrics.testing import MetricsDelta
+metrics = BusinessMetrics(CollectorRegistry())
+delta = MetricsDelta(metrics)
+metrics.record_login_success()
+delta.assert_changes(logins={"success": 1})
+print(dict(delta.logins)["success"])
+"""
+    assert run_python(code) == "1.0\n"
 
 
 def test_delta_of_the_default_instance_ignores_other_registries(
@@ -95,42 +160,3 @@ def test_delta_of_the_default_instance_ignores_other_registries(
     delta = MetricsDelta()
     isolated.record_login_success()
     delta.assert_changes()
-
-
-def test_plugin_fixture_works_on_default_and_isolated_instances(
-    pytester: pytest.Pytester,
-) -> None:
-    """The entry-point plugin gives the fixture, on the default or an overridden instance."""
-    pytester.makepyfile(
-        test_default=textwrap.dedent("""
-            import veza_business_metrics as business
-
-            def test_login(business_metrics_delta):
-                business.record_login_success()
-                assert business_metrics_delta.logins["success"] == 1
-                business_metrics_delta.assert_changes(logins={"success": 1})
-
-            def test_starts_from_zero(business_metrics_delta):
-                business_metrics_delta.assert_changes()
-        """),
-        test_isolated=textwrap.dedent("""
-            import pytest
-            from prometheus_client import CollectorRegistry
-            from veza_business_metrics import BusinessMetrics
-
-            @pytest.fixture
-            def business_metrics():
-                return BusinessMetrics(CollectorRegistry())
-
-            def test_revenue(business_metrics, business_metrics_delta):
-                business_metrics.record_revenue(1999, "eur")
-                assert business_metrics_delta.revenue_cents["EUR"] == 1999
-
-            def test_mismatch_fails(business_metrics, business_metrics_delta):
-                business_metrics.record_order_failed()
-                business_metrics_delta.assert_changes(orders={"failed": 2})
-        """),
-    )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=3, failed=1)
-    result.stdout.fnmatch_lines(['*veza_business_orders_total{status="failed"}*2*1'])

@@ -1,10 +1,10 @@
 """The Veza platform's business KPI counters, series-compatible with the Go backend."""
 
-from veza_business_metrics._errors import InvalidAmountError, InvalidLabelError
+from veza_business_metrics._errors import InvalidAmountError, InvalidLabelError, MultiprocessError
 from veza_business_metrics._labels import LoginOutcome, OrderStatus
-from veza_business_metrics._recorder import BusinessMetrics
 from veza_business_metrics.metrics import (
     DEFAULT_METRICS,
+    BusinessMetrics,
     record_account_deletion,
     record_login,
     record_login_failure_2fa,
@@ -28,6 +28,7 @@ __all__ = [
     "InvalidAmountError",
     "InvalidLabelError",
     "LoginOutcome",
+    "MultiprocessError",
     "OrderStatus",
     "record_account_deletion",
     "record_login",

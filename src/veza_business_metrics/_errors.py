@@ -7,3 +7,7 @@ class InvalidLabelError(ValueError):
 
 class InvalidAmountError(ValueError):
     """An amount in minor currency units cannot be added to a counter."""
+
+
+class MultiprocessError(ValueError):
+    """prometheus_client's multiprocess mode cannot keep the counts exact as configured."""

@@ -1,16 +1,20 @@
-"""The four business counters on one registry, behind validating ``record_*`` methods."""
+"""Validation, then a cached child, then ``inc()``: the record path of every helper."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, NamedTuple
 
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, Counter, values
 
 from veza_business_metrics._currencies import CURRENCY_CODES
-from veza_business_metrics._errors import InvalidAmountError, InvalidLabelError
+from veza_business_metrics._errors import InvalidAmountError, InvalidLabelError, MultiprocessError
 from veza_business_metrics._labels import LoginOutcome, OrderStatus
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from prometheus_client.registry import CollectorRegistry
 
     from veza_business_metrics._labels import LoginOutcomeValue, OrderStatusValue
@@ -19,30 +23,106 @@ REFUND_SUFFIX: Final = "-refund"
 # A sample value is a float64: past 2**53 whole cents stop being exact.
 MAX_AMOUNT_CENTS: Final = 2**53
 
-_ALLOWED_OUTCOMES: Final = ", ".join(repr(outcome.value) for outcome in LoginOutcome)
-_ALLOWED_STATUSES: Final = ", ".join(repr(status.value) for status in OrderStatus)
+# What each closed set's error says: the argument, then what it allows.
+_LABEL_RULES: Final = {
+    LoginOutcome: "outcome must be a LoginOutcome or one of "
+    + ", ".join(repr(o.value) for o in LoginOutcome),
+    OrderStatus: "status must be an OrderStatus or one of "
+    + ", ".join(repr(s.value) for s in OrderStatus),
+}
 
 
-def _get_or_create_counter(
-    registry: CollectorRegistry, name: str, documentation: str, labelnames: tuple[str, ...]
-) -> Counter:
+class CounterSpec(NamedTuple):
+    """What identifies a counter across languages: its name, help text and label names."""
+
+    name: str
+    documentation: str
+    labelnames: tuple[str, ...]
+
+
+def register_counters(registry: CollectorRegistry, specs: Sequence[CounterSpec]) -> list[Counter]:
+    """Return the counters of ``specs`` on ``registry``, creating the missing ones.
+
+    Every spec is checked before any counter is registered, so a refusal leaves the
+    registry as it was.
+
+    Args:
+        registry: The registry that holds, or will hold, the counters.
+        specs: The counters' names, help texts and label names.
+
+    Raises:
+        MultiprocessError: If prometheus_client is in multiprocess mode and either
+            ``registry`` is not its default registry or the directory is missing.
+        ValueError: If a name is already taken on ``registry`` by anything other than
+            the counter of its spec.
+    """
+    _check_storage(registry)
     # prometheus_client has no public get-or-create (client_python#993). Reading the
     # registry's own index lets a module reload or re-import keep counting on the
     # counter that already holds the counts, instead of raising DuplicateTimeseries.
-    existing = registry._names_to_collectors.get(name)  # noqa: SLF001
-    if existing is None:
-        return Counter(name, documentation, labelnames, registry=registry)
-    if (
-        not isinstance(existing, Counter)
-        or existing._labelnames != labelnames  # noqa: SLF001
-        or existing._documentation != documentation  # noqa: SLF001
-    ):
+    taken = registry._names_to_collectors  # noqa: SLF001
+    counters: list[Counter] = []
+    for spec in specs:
+        existing = taken.get(spec.name)
+        if existing is None:
+            counter = Counter(spec.name, spec.documentation, spec.labelnames, registry=None)
+            clashes = sorted(taken.keys() & registry._get_names(counter))  # type: ignore[no-untyped-call]  # noqa: SLF001
+            if clashes:
+                msg = f"{spec.name} cannot be registered: {', '.join(clashes)} already taken"
+                raise ValueError(msg)
+        elif (
+            not isinstance(existing, Counter)
+            or existing._labelnames != spec.labelnames  # noqa: SLF001
+            or existing._documentation != spec.documentation  # noqa: SLF001
+        ):
+            msg = (
+                f"{spec.name} is already registered on this registry by {existing!r}, which"
+                f" is not a counter with help {spec.documentation!r} and labels"
+                f" {spec.labelnames!r}"
+            )
+            raise ValueError(msg)
+        else:
+            counter = existing
+        counters.append(counter)
+    for counter in counters:
+        if counter not in registry._collector_to_names:  # noqa: SLF001
+            registry.register(counter)
+    return counters
+
+
+def _check_storage(registry: CollectorRegistry) -> None:
+    # prometheus_client picks its value class once, when it is first imported; its
+    # _multiprocess flag is the only record of that choice.
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        return
+    if registry is not REGISTRY:
         msg = (
-            f"{name} is already registered on this registry by {existing!r}, which is not"
-            f" a counter with help {documentation!r} and labels {labelnames!r}"
+            f"BusinessMetrics({registry!r}) cannot count in isolation in multiprocess mode:"
+            " prometheus_client keeps one file slot per series name and process, whatever"
+            " the registry, so two instances would overwrite each other. Record on"
+            " DEFAULT_METRICS, or unset PROMETHEUS_MULTIPROC_DIR for isolated instances"
         )
-        raise ValueError(msg)
-    return existing
+        raise MultiprocessError(msg)
+    # prometheus_client still honours the deprecated lower-case name (with a warning).
+    legacy = os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", legacy)
+    if path is None or not Path(path).is_dir():
+        msg = (
+            f"PROMETHEUS_MULTIPROC_DIR is {path!r}, which is not a directory: create it"
+            " before the first metric is created, or unset the variable to count in this"
+            " process only"
+        )
+        raise MultiprocessError(msg)
+
+
+def label_error(labels: type[LoginOutcome | OrderStatus], value: object) -> InvalidLabelError:
+    """Return the error for ``value``, which is not a member of ``labels`` nor its value.
+
+    Args:
+        labels: ``LoginOutcome`` or ``OrderStatus``.
+        value: What the caller passed.
+    """
+    return InvalidLabelError(f"{_LABEL_RULES[labels]}, got {value!r}")
 
 
 def _checked_amount(amount_cents: object, currency: object, *, refund: bool) -> int:
@@ -74,7 +154,7 @@ def _checked_amount(amount_cents: object, currency: object, *, refund: bool) -> 
     return int(amount_cents)
 
 
-def _canonical_currency(currency: object) -> str:
+def canonical_currency(currency: object) -> str:
     """Return the upper-case ISO 4217 code that ``currency`` spells in any case.
 
     Raises:
@@ -99,20 +179,14 @@ def _canonical_currency(currency: object) -> str:
     raise InvalidLabelError(msg)
 
 
-class BusinessMetrics:
-    """Hold the four business counters of one registry and record validated events on them.
-
-    The module-level ``record_*`` functions are the methods of the instance bound to
-    prometheus_client's default registry. Build your own instance on a fresh
-    ``CollectorRegistry`` to record in isolation, for example in tests.
+class Recorder:
+    """Validate business events, then count them on the four counters given.
 
     Args:
-        registry: The registry that holds the counters. A second instance on the same
-            registry shares the counters already registered there.
-
-    Raises:
-        ValueError: If one of the four series names is already registered there as
-            something other than the matching counter.
+        logins_total: The counter of logins by ``outcome``.
+        orders_total: The counter of order transitions by ``status``.
+        revenue_cents_total: The counter of amounts by ``currency``.
+        account_deletions_total: The counter of account deletions.
     """
 
     __slots__ = (
@@ -138,32 +212,18 @@ class BusinessMetrics:
         "revenue_cents_total",
     )
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        """Get or create the counters on ``registry`` and their zero series."""
-        self.logins_total = _get_or_create_counter(
-            registry,
-            "veza_business_logins_total",
-            "Logins broken down by outcome. Drives the auth-failure-spike alert.",
-            ("outcome",),
-        )
-        self.orders_total = _get_or_create_counter(
-            registry,
-            "veza_business_orders_total",
-            "Marketplace orders by status transition.",
-            ("status",),
-        )
-        self.revenue_cents_total = _get_or_create_counter(
-            registry,
-            "veza_business_revenue_cents_total",
-            "Cumulative platform revenue in minor units (e.g. EUR cents).",
-            ("currency",),
-        )
-        self.account_deletions_total = _get_or_create_counter(
-            registry,
-            "veza_business_account_deletions_total",
-            "Hard-delete + RGPD account erasures.",
-            (),
-        )
+    def __init__(
+        self,
+        logins_total: Counter,
+        orders_total: Counter,
+        revenue_cents_total: Counter,
+        account_deletions_total: Counter,
+    ) -> None:
+        """Create the zero series and the caches of children."""
+        self.logins_total = logins_total
+        self.orders_total = orders_total
+        self.revenue_cents_total = revenue_cents_total
+        self.account_deletions_total = account_deletions_total
         # Children are created up front so that every outcome and status is scraped
         # at 0 from the start: rate() and absent() then work before the first event.
         self._login_members: dict[str, Counter] = {
@@ -204,8 +264,7 @@ class BusinessMetrics:
                 self._login_members if outcome.__class__ is LoginOutcome else self._login_children
             )[outcome]
         except (KeyError, TypeError):
-            msg = f"outcome must be a LoginOutcome or one of {_ALLOWED_OUTCOMES}, got {outcome!r}"
-            raise InvalidLabelError(msg) from None
+            raise label_error(LoginOutcome, outcome) from None
         child.inc()
 
     def record_login_success(self) -> None:
@@ -246,8 +305,7 @@ class BusinessMetrics:
                 self._order_members if status.__class__ is OrderStatus else self._order_children
             )[status]
         except (KeyError, TypeError):
-            msg = f"status must be an OrderStatus or one of {_ALLOWED_STATUSES}, got {status!r}"
-            raise InvalidLabelError(msg) from None
+            raise label_error(OrderStatus, status) from None
         child.inc()
 
     def record_order_created(self) -> None:
@@ -319,7 +377,7 @@ class BusinessMetrics:
         self, children: dict[str, Counter], amount_cents: int, currency: str, *, refund: bool
     ) -> None:
         amount = _checked_amount(amount_cents, currency, refund=refund)
-        code = _canonical_currency(currency)
+        code = canonical_currency(currency)
         if not amount:
             return
         child = children.get(currency)
