@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from prometheus_client.registry import Collector
 
@@ -55,8 +55,8 @@ ZERO: Series = {
 }
 
 
-def business_series(source: str | Collector) -> Series:
-    """Return every veza_business_*_total sample of an exposition text or a collector."""
+def samples(source: str | Collector) -> Series:
+    """Return every sample of an exposition text or a collector, by name and labels."""
     from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
 
     families = (
@@ -66,7 +66,15 @@ def business_series(source: str | Collector) -> Series:
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in families
         for sample in family.samples
-        if sample.name.startswith("veza_business_") and sample.name.endswith("_total")
+    }
+
+
+def business_series(source: str | Collector) -> Series:
+    """Return every veza_business_*_total sample of an exposition text or a collector."""
+    return {
+        (name, labels): value
+        for (name, labels), value in samples(source).items()
+        if name.startswith("veza_business_") and name.endswith("_total")
     }
 
 
@@ -161,3 +169,88 @@ def promtool_ok(promtool: str, *arguments: str, cwd: Path | None = None) -> str:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+WORKER = Path(__file__).resolve().parent / "mp_worker.py"
+
+
+class Worker:
+    """A real process, running ``mp_worker.py``, that records into a multiprocess directory.
+
+    Args:
+        directory: The directory it writes its files to.
+        before_open: Called with the pid before the process opens its files.
+    """
+
+    def __init__(
+        self, directory: Path, before_open: Callable[[int], object] | None = None
+    ) -> None:
+        """Start the process and wait until its metrics exist."""
+        self.process = subprocess.Popen(
+            [sys.executable, str(WORKER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+        )
+        self.pid = int(self._answer())
+        self.recorded = 0
+        if before_open is not None:
+            before_open(self.pid)
+        self._command("open")
+
+    def _command(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        assert self._answer() == "ok"
+
+    def _answer(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line, f"worker {self.process.pid} exited with {self.process.wait()}"
+        return line.strip()
+
+    def record(self, count: int) -> None:
+        """Record ``count`` events of each kind, and wait until they are written."""
+        self._command(f"record {count}")
+        self.recorded += count
+
+    def exit(self) -> None:
+        """Let the process exit normally, and reap it."""
+        self._command("exit")
+        assert self.process.wait(timeout=30) == 0
+
+    def kill(self) -> None:
+        """SIGKILL the process, and reap it."""
+        self.process.kill()
+        self.close()
+
+    def close(self) -> None:
+        """Reap the process, killing it if it still runs, and close its pipes."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def worker_samples(recorded: int) -> Series:
+    """Return the samples that workers which recorded ``recorded`` events in all export."""
+    # Series with a label appear on first use; the others exist from the start.
+    first_use = {
+        key(REVENUE, "currency", "EUR"): 100.0 * recorded,
+        key("host_requests_total", "route", "shop"): float(recorded),
+    }
+    return {
+        **ZERO,
+        **(first_use if recorded else {}),
+        key(LOGINS, "outcome", "success"): float(recorded),
+        key("host_latency_seconds_bucket", "le", "0.1"): 0.0,
+        key("host_latency_seconds_bucket", "le", "0.5"): float(recorded),
+        key("host_latency_seconds_bucket", "le", "1.0"): float(recorded),
+        key("host_latency_seconds_bucket", "le", "+Inf"): float(recorded),
+        key("host_latency_seconds_count"): float(recorded),
+        key("host_latency_seconds_sum"): 0.25 * recorded,
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,7 @@ import pycountry
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest, values
 
 from helpers import DELETIONS, LOGINS, ORDERS, REVENUE, ZERO, business_series, key
 from veza_business_metrics import (
@@ -18,12 +19,14 @@ from veza_business_metrics import (
     InvalidAmountError,
     InvalidLabelError,
     LoginOutcome,
+    MultiprocessError,
     OrderStatus,
 )
 from veza_business_metrics._recorder import MAX_AMOUNT_CENTS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from helpers import Key
 
@@ -462,3 +465,45 @@ def test_labels_are_recorded_exactly_or_not_at_all(value: Any) -> None:
             with pytest.raises(InvalidLabelError):
                 record(value)
             assert generate_latest(registry) == exposition
+
+
+@pytest.fixture
+def multiprocess_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Put prometheus_client in multiprocess mode in this process, on a new directory."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())  # type: ignore[no-untyped-call]
+    return tmp_path
+
+
+def test_multiprocess_mode_refuses_an_isolated_registry(
+    multiprocess_mode: Path, registry: CollectorRegistry
+) -> None:
+    """In multiprocess mode another registry raises MultiprocessError and registers nothing."""
+    with pytest.raises(MultiprocessError, match="cannot count in isolation in multiprocess"):
+        BusinessMetrics(registry)
+    assert list(registry._collector_to_names) == []
+    assert list(multiprocess_mode.iterdir()) == []
+
+
+@pytest.mark.parametrize("unset", [False, True])
+def test_multiprocess_mode_names_a_missing_directory(
+    multiprocess_mode: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    unset: bool,  # noqa: FBT001
+) -> None:
+    """A multiprocess directory that is gone, or unset since import, is named in the error."""
+    missing = multiprocess_mode / "gone"
+    if unset:
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    else:
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(missing))
+    shown = "None" if unset else repr(str(missing))
+    with pytest.raises(
+        MultiprocessError, match=f"^PROMETHEUS_MULTIPROC_DIR is {re.escape(shown)},"
+    ):
+        BusinessMetrics(REGISTRY)
+
+
+def test_multiprocess_mode_accepts_the_default_registry(multiprocess_mode: Path) -> None:
+    """With its directory present, multiprocess mode accepts the default registry."""
+    assert BusinessMetrics(REGISTRY).logins_total is BusinessMetrics(REGISTRY).logins_total

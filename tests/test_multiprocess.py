@@ -1,0 +1,561 @@
+"""Tests for veza_business_metrics.multiprocess, against real worker processes and files."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from prometheus_client import CollectorRegistry
+from prometheus_client import multiprocess as stock
+from prometheus_client.mmap_dict import MmapedDict
+
+from helpers import Worker, samples, worker_samples
+from veza_business_metrics import multiprocess
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from prometheus_client.registry import Collector
+
+    from helpers import Series
+
+
+def scrape(directory: Path) -> Series:
+    """Return every sample that this module's collector reads in ``directory``."""
+    return samples(multiprocess.MultiProcessCollector(None, path=str(directory)))
+
+
+def stock_scrape(directory: Path) -> Series:
+    """Return every sample that prometheus_client's own collector reads in ``directory``."""
+    return samples(stock.MultiProcessCollector(None, path=str(directory)))  # type: ignore[no-untyped-call]
+
+
+def families(collector: Collector) -> dict[str, str]:
+    """Return each family's name with its type and help, as ``collector`` reads them."""
+    return {family.name: f"{family.type} {family.documentation}" for family in collector.collect()}
+
+
+def both_families(directory: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Return the families in ``directory`` as read by this module and by upstream."""
+    ours = multiprocess.MultiProcessCollector(None, path=str(directory))
+    theirs = stock.MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
+    return families(ours), families(theirs)
+
+
+def names(directory: Path) -> set[str]:
+    """Return the names of the files in ``directory``, without the lock file."""
+    return {path.name for path in directory.iterdir()} - {multiprocess.LOCK_FILE}
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    """Give an empty multiprocess directory."""
+    path = tmp_path / "metrics"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """Give a list to put started workers in; every one is reaped at the end."""
+    started: list[Worker] = []
+    try:
+        yield started
+    finally:
+        for worker in started:
+            worker.close()
+
+
+def dead_workers(directory: Path, workers: list[Worker], counts: list[int]) -> list[Worker]:
+    """Start one worker per count, let each record its count, and let them all exit."""
+    new = [Worker(directory) for _ in counts]
+    workers.extend(new)
+    for worker, count in zip(new, counts, strict=True):
+        worker.record(count)
+        worker.exit()
+    return new
+
+
+def test_collector_reads_what_prometheus_clients_reads(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """Before any merge, the collector returns the same families and samples as upstream's."""
+    dead_workers(directory, workers, [3, 5])
+    live = Worker(directory)
+    workers.append(live)
+    live.record(2)
+    assert scrape(directory) == stock_scrape(directory) == worker_samples(10)
+    ours, theirs = both_families(directory)
+    assert ours == theirs
+
+
+def test_mark_process_dead_merges_every_metric_into_one_archive_per_type(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """Merging dead workers keeps every family and value and leaves one archive per type."""
+    first, second = dead_workers(directory, workers, [3, 5])
+    before = both_families(directory)[1]
+    multiprocess.mark_process_dead(first.pid, directory)
+    multiprocess.mark_process_dead(second.pid, str(directory))
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert scrape(directory) == worker_samples(8)
+    assert both_families(directory) == (before, before)
+
+
+def test_archives_are_files_that_prometheus_client_reads(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """prometheus_client's reader and collector read the archives like a process's files."""
+    (worker,) = dead_workers(directory, workers, [4])
+    multiprocess.mark_process_dead(worker.pid, directory)
+    assert stock_scrape(directory) == worker_samples(4)
+    archive = MmapedDict(str(directory / "counter_archive.db"), read_mode=True)  # type: ignore[no-untyped-call]
+    try:
+        keys = [key for key, _, _ in archive.read_all_values()]  # type: ignore[no-untyped-call]
+    finally:
+        archive.close()  # type: ignore[no-untyped-call]
+    assert len(keys) == len(set(keys)) == 13
+
+
+def test_merging_twice_and_merging_nothing_change_nothing(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A second call for the same pid, or one for a pid with no files, merges nothing."""
+    (worker,) = dead_workers(directory, workers, [4])
+    multiprocess.mark_process_dead(worker.pid, directory)
+    merged = {name: (directory / name).read_bytes() for name in names(directory)}
+    multiprocess.mark_process_dead(worker.pid, directory)
+    multiprocess.mark_process_dead(2**22 + 1, directory)
+    assert multiprocess.sweep(directory) == 0
+    assert {name: (directory / name).read_bytes() for name in names(directory)} == merged
+
+
+def test_sweep_merges_the_dead_and_leaves_the_running(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A sweep merges exactly the processes that are gone, and counts them."""
+    dead_workers(directory, workers, [1, 2, 3])
+    live = Worker(directory)
+    workers.append(live)
+    live.record(4)
+    killed = Worker(directory)
+    workers.append(killed)
+    killed.record(5)
+    killed.kill()
+    assert multiprocess.sweep(directory) == 4
+    assert names(directory) == {
+        f"counter_{live.pid}.db",
+        f"histogram_{live.pid}.db",
+        "counter_archive.db",
+        "histogram_archive.db",
+    }
+    live.record(1)
+    assert scrape(directory) == worker_samples(16)
+
+
+def test_gauges_follow_prometheus_clients_rules(directory: Path) -> None:
+    """Live gauges of a dead process are removed, other gauges stay, as upstream does."""
+    code = textwrap.dedent("""
+        from prometheus_client import Gauge
+        Gauge("in_flight", "Live.", multiprocess_mode="livesum").set(3)
+        Gauge("last_seen", "All.", multiprocess_mode="all").set(7)
+        import os
+        print(os.getpid())
+    """)
+    pid = int(run_in_directory(directory, code))
+    assert names(directory) == {f"gauge_livesum_{pid}.db", f"gauge_all_{pid}.db"}
+    multiprocess.mark_process_dead(pid, directory)
+    assert names(directory) == {f"gauge_all_{pid}.db"}
+    assert scrape(directory) == {("last_seen", (("pid", str(pid)),)): 7.0}
+    assert multiprocess.sweep(directory) == 0
+
+
+def run_in_directory(directory: Path, code: str) -> str:
+    """Run ``code`` in a fresh interpreter in multiprocess mode; return what it printed."""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_summaries_are_merged(directory: Path) -> None:
+    """A dead process's summary count and sum are merged like counters."""
+    code = textwrap.dedent("""
+        import os
+        from prometheus_client import Summary
+        Summary("payload_bytes", "Sizes.").observe(512)
+        print(os.getpid())
+    """)
+    pids = [int(run_in_directory(directory, code)) for _ in range(2)]
+    for pid in pids:
+        multiprocess.mark_process_dead(pid, directory)
+    assert names(directory) == {"summary_archive.db"}
+    assert scrape(directory) == {
+        ("payload_bytes_count", ()): 2.0,
+        ("payload_bytes_sum", ()): 1024.0,
+    }
+
+
+def move_files(directory: Path, from_pid: int, to_pid: int) -> None:
+    """Rename the counter and histogram files of ``from_pid`` to those of ``to_pid``."""
+    for kind in ("counter", "histogram"):
+        (directory / f"{kind}_{from_pid}.db").rename(directory / f"{kind}_{to_pid}.db")
+
+
+def test_a_process_that_reused_a_pid_and_continues_its_file_loses_nothing(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A running process with a dead one's pid continues its file; no merge takes it away."""
+    (dead,) = dead_workers(directory, workers, [3])
+    heir = Worker(directory, before_open=lambda pid: move_files(directory, dead.pid, pid))
+    workers.append(heir)
+    heir.record(2)
+    assert scrape(directory) == worker_samples(5)
+    # A late child_exit for the dead worker, after its pid went to the heir.
+    multiprocess.mark_process_dead(heir.pid, directory)
+    assert multiprocess.sweep(directory) == 0
+    heir.record(1)
+    assert names(directory) == {f"counter_{heir.pid}.db", f"histogram_{heir.pid}.db"}
+    assert scrape(directory) == worker_samples(6)
+    heir.exit()
+    multiprocess.mark_process_dead(heir.pid, directory)
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert scrape(directory) == worker_samples(6)
+
+
+def test_a_new_file_under_a_merged_pid_is_merged_once(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """After a pid's file was merged, a new file under that pid adds exactly its own counts."""
+    first, second = dead_workers(directory, workers, [3, 4])
+    multiprocess.mark_process_dead(first.pid, directory)
+    move_files(directory, second.pid, first.pid)
+    multiprocess.mark_process_dead(first.pid, directory)
+    assert scrape(directory) == worker_samples(7)
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+
+
+# Runs a merge in a process that SIGKILLs itself at one filesystem change: argv holds the
+# directory, the number of the change to die at (0: none), and the pid to merge (0: sweep).
+CRASHING_MERGE = textwrap.dedent("""
+    import os, signal, sys
+
+    directory, die_at, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    changes = 0
+
+    def dying(name, change):
+        def wrapper(*args, **kwargs):
+            global changes
+            changes += 1
+            if changes == die_at:
+                target = args[0]
+                if isinstance(target, int):  # a file descriptor: name its file
+                    target = os.readlink(f"/proc/self/fd/{target}")
+                print(name, os.path.basename(str(target)) or target, file=sys.stderr)
+                sys.stderr.flush()
+                if name == "write":  # die half-way through the archive
+                    change(args[0], args[1][: len(args[1]) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+            return change(*args, **kwargs)
+        return wrapper
+
+    for name in ("rename", "replace", "unlink", "write", "fsync"):
+        setattr(os, name, dying(name, getattr(os, name)))
+    from veza_business_metrics import multiprocess
+    if pid:
+        multiprocess.mark_process_dead(pid, directory)
+    else:
+        multiprocess.sweep(directory)
+    print(changes)
+""")
+
+
+def merge_in_a_process(directory: Path, die_at: int, pid: int) -> subprocess.CompletedProcess[str]:
+    """Run a merge of ``pid`` (0: a sweep) that SIGKILLs itself at change ``die_at``."""
+    return subprocess.run(
+        [sys.executable, "-c", CRASHING_MERGE, str(directory), str(die_at), str(pid)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("merge", ["mark_process_dead", "sweep"])
+def test_a_merge_killed_at_any_change_loses_and_repeats_nothing(
+    tmp_path: Path, workers: list[Worker], merge: str
+) -> None:
+    """SIGKILLed at every rename, write, fsync, replace and unlink, a merge stays exact."""
+    template = tmp_path / "template"
+    template.mkdir()
+    earlier, first, second = dead_workers(template, workers, [1, 2, 4])
+    multiprocess.mark_process_dead(earlier.pid, template)
+    expected = worker_samples(7)
+    pid = first.pid if merge == "mark_process_dead" else 0
+    points = []
+    for die_at in range(1, 100):
+        directory = tmp_path / f"killed-at-{die_at}"
+        directory.mkdir()
+        for name in names(template):
+            (directory / name).write_bytes((template / name).read_bytes())
+        result = merge_in_a_process(directory, die_at, pid)
+        if result.returncode == 0:
+            break
+        point = result.stderr.strip()
+        points.append(point)
+        assert result.returncode == -signal.SIGKILL, result.stderr
+        assert scrape(directory) == expected, f"scrape after dying at {point}"
+        multiprocess.mark_process_dead(first.pid, directory)
+        multiprocess.mark_process_dead(second.pid, directory)
+        assert scrape(directory) == expected, f"scrape after recovering from {point}"
+        assert names(directory) == {"counter_archive.db", "histogram_archive.db"}, point
+    assert int(result.stdout) == len(points) > 0, points
+    # Every kind of step was a place to die: claims, the archive, its replacement, cleanup.
+    assert {point.split()[0] for point in points} == {
+        "rename",
+        "write",
+        "fsync",
+        "replace",
+        "unlink",
+    }
+
+
+def test_a_process_killed_between_a_claim_and_its_undoing_keeps_its_file(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A claimed file that a running process still maps is given back, not merged."""
+    live = Worker(directory)
+    workers.append(live)
+    live.record(2)
+    for kind in ("counter", "histogram"):
+        claim = f"{kind}_{live.pid}.{'0' * 32}.merging"
+        (directory / f"{kind}_{live.pid}.db").rename(directory / claim)
+    assert scrape(directory) == worker_samples(2)
+    assert multiprocess.sweep(directory) == 0
+    assert names(directory) == {f"counter_{live.pid}.db", f"histogram_{live.pid}.db"}
+    live.record(1)
+    assert scrape(directory) == worker_samples(3)
+
+
+# Merges the pids in argv[2:], in a random order, then sweeps, in the directory argv[1].
+SHUFFLED_MERGES = textwrap.dedent("""
+    import random, sys
+    from veza_business_metrics import multiprocess
+    pids = [int(pid) for pid in sys.argv[2:]]
+    random.shuffle(pids)
+    for pid in pids:
+        multiprocess.mark_process_dead(pid, sys.argv[1])
+    multiprocess.sweep(sys.argv[1])
+""")
+
+
+def test_concurrent_merges_and_scrapes_stay_exact(directory: Path, workers: list[Worker]) -> None:
+    """Eight processes merge the same dead workers at once while scrapes never go down."""
+    dead = dead_workers(directory, workers, list(range(1, 13)))
+    expected = worker_samples(sum(range(1, 13)))
+    merges = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                SHUFFLED_MERGES,
+                str(directory),
+                *(str(worker.pid) for worker in dead),
+            ]
+        )
+        for _ in range(8)
+    ]
+    scrapes = 0
+    while any(merge.poll() is None for merge in merges) and scrapes < 5_000:
+        assert scrape(directory) == expected
+        scrapes += 1
+    assert [merge.wait(timeout=60) for merge in merges] == [0] * 8
+    assert scrapes > 0
+    assert scrape(directory) == expected
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+
+
+def test_threads_of_one_process_exclude_each_other(directory: Path, workers: list[Worker]) -> None:
+    """Merges from threads of one process, each with its own lock, stay exact."""
+    dead = dead_workers(directory, workers, [1, 2, 3, 4])
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        merged = list(pool.map(lambda _: multiprocess.sweep(directory), range(4)))
+    assert sum(merged) == len(dead)
+    assert scrape(directory) == worker_samples(10)
+
+
+def test_clear_keeps_only_this_processs_files(directory: Path, workers: list[Worker]) -> None:
+    """Clearing deletes earlier runs' files and archives, and keeps this process's own."""
+    (worker,) = dead_workers(directory, workers, [2])
+    multiprocess.mark_process_dead(worker.pid, directory)
+    own = directory / f"counter_{os.getpid()}.db"
+    own.write_bytes((directory / "counter_archive.db").read_bytes())
+    (directory / f"counter_1.{'0' * 32}.merging").write_bytes(b"")
+    multiprocess.clear(directory / ".." / directory.name)
+    assert names(directory) == {own.name}
+    multiprocess.clear(directory / "new")
+    assert (directory / "new").is_dir()
+
+
+def test_clear_uses_the_environment(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a path, the functions use PROMETHEUS_MULTIPROC_DIR, and refuse without it."""
+    (directory / "counter_1.db").write_bytes(b"")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    multiprocess.clear()
+    assert names(directory) == set()
+    assert multiprocess.sweep() == 0
+    multiprocess.mark_process_dead(1)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    for call in (
+        multiprocess.clear,
+        multiprocess.sweep,
+        lambda: multiprocess.mark_process_dead(1),
+    ):
+        with pytest.raises(ValueError, match="PROMETHEUS_MULTIPROC_DIR is not set"):
+            call()
+
+
+def test_collector_refuses_a_missing_directory(tmp_path: Path) -> None:
+    """The collector raises ValueError for a directory that does not exist, as upstream's."""
+    with pytest.raises(ValueError, match="not a directory"):
+        multiprocess.MultiProcessCollector(CollectorRegistry(), path=str(tmp_path / "nope"))
+
+
+def test_a_foreign_archive_is_refused(directory: Path) -> None:
+    """A file in the archive's place that this module did not write raises ValueError."""
+    (directory / "counter_archive.db").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00")
+    (directory / f"counter_1.{'0' * 32}.merging").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"counter_archive\.db is not an archive written by"):
+        multiprocess.sweep(directory)
+
+
+def test_without_procfs_a_running_pid_is_left_alone(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Where /proc is missing, a pid that runs counts as in use and one that does not as dead."""
+    monkeypatch.setattr(multiprocess, "_PROC", tmp_path / "no-procfs")
+    (dead,) = dead_workers(directory, workers, [1])
+    live = Worker(directory)
+    workers.append(live)
+    assert multiprocess.sweep(directory) == 1
+    assert names(directory) == {
+        f"counter_{live.pid}.db",
+        f"histogram_{live.pid}.db",
+        "counter_archive.db",
+        "histogram_archive.db",
+    }
+    assert dead.pid != live.pid
+
+
+def test_an_unreadable_process_map_counts_as_in_use(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """When /proc/<pid>/maps cannot be read, the files of that pid are left alone."""
+    (dead,) = dead_workers(directory, workers, [1])
+    proc = tmp_path / "proc"
+    (proc / str(dead.pid) / "maps").mkdir(parents=True)
+    monkeypatch.setattr(multiprocess, "_PROC", proc)
+    assert multiprocess.sweep(directory) == 0
+    multiprocess.mark_process_dead(dead.pid, directory)
+    assert names(directory) == {f"counter_{dead.pid}.db", f"histogram_{dead.pid}.db"}
+
+
+def test_is_running_tells_live_from_dead_pids(workers: list[Worker], directory: Path) -> None:
+    """A pid that runs, even as another user's, is running; one that exited is not."""
+    (dead,) = dead_workers(directory, workers, [1])
+    assert multiprocess._is_running(os.getpid())
+    assert not multiprocess._is_running(dead.pid)
+
+
+class WorkersDyingWhileScraped(RuleBasedStateMachine):
+    """Real workers record, exit or are killed, and are merged, killed merges included."""
+
+    def __init__(self) -> None:
+        """Start with an empty directory and no process."""
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp())
+        self.directory = self.tmp / "metrics"
+        self.directory.mkdir()
+        self.live: list[Worker] = []
+        self.dead: list[Worker] = []
+        self.last: Series = {}
+
+    @precondition(lambda self: len(self.live) < 3)
+    @rule()
+    def start(self) -> None:
+        """A new worker starts."""
+        self.live.append(Worker(self.directory))
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), count=st.integers(1, 50))
+    def record(self, data: st.DataObject, count: int) -> None:
+        """A live worker records events."""
+        data.draw(st.sampled_from(self.live)).record(count)
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), killed=st.booleans())
+    def die(self, data: st.DataObject, killed: bool) -> None:  # noqa: FBT001
+        """A live worker exits, or is SIGKILLed."""
+        worker = data.draw(st.sampled_from(self.live))
+        self.live.remove(worker)
+        self.dead.append(worker)
+        if killed:
+            worker.kill()
+        else:
+            worker.exit()
+
+    @precondition(lambda self: self.dead)
+    @rule(data=st.data())
+    def mark_dead(self, data: st.DataObject) -> None:
+        """A dead worker, merged already or not, is reported dead."""
+        multiprocess.mark_process_dead(data.draw(st.sampled_from(self.dead)).pid, self.directory)
+
+    @rule()
+    def sweep(self) -> None:
+        """Every dead worker is merged."""
+        multiprocess.sweep(self.directory)
+
+    @rule(die_at=st.integers(1, 12))
+    def killed_sweep(self, die_at: int) -> None:
+        """A sweep in another process is SIGKILLed at one of its filesystem changes."""
+        result = merge_in_a_process(self.directory, die_at, 0)
+        assert result.returncode in {0, -signal.SIGKILL}, result.stderr
+
+    @invariant()
+    def exact_and_never_lower(self) -> None:
+        """Every scrape has every count recorded, and no series went down or vanished."""
+        workers = self.live + self.dead
+        now = scrape(self.directory)
+        assert now == (worker_samples(sum(w.recorded for w in workers)) if workers else {})
+        assert all(now.get(series, -1) >= value for series, value in self.last.items())
+        self.last = now
+
+    def teardown(self) -> None:
+        """Reap every worker and remove the directory."""
+        for worker in self.live + self.dead:
+            worker.close()
+        shutil.rmtree(self.tmp)
+
+
+WorkersDyingWhileScraped.TestCase.settings = settings(
+    max_examples=12, stateful_step_count=15, deadline=None
+)
+test_workers_dying_while_scraped = WorkersDyingWhileScraped.TestCase
