@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -9,9 +11,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from http.client import HTTPException
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,10 +122,16 @@ def http(method: str, url: str, body: object = None) -> tuple[int, Any]:
     return status, json.loads(raw) if raw else None
 
 
+def fetch(url: str) -> str:
+    """Return the text served at ``url``."""
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
+        text: str = response.read().decode()
+        return text
+
+
 def scrape(url: str) -> Series:
     """Return every veza_business_*_total sample served at ``url``."""
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
-        return business_series(response.read().decode())
+    return business_series(fetch(url))
 
 
 @contextlib.contextmanager
@@ -254,3 +264,113 @@ def worker_samples(recorded: int) -> Series:
         key("host_latency_seconds_count"): float(recorded),
         key("host_latency_seconds_sum"): 0.25 * recorded,
     }
+
+
+# One login per outcome of the example shop's user table, as (body, status, outcome).
+LOGIN_CASES = [
+    ({"username": "alice", "password": "wonderland"}, 200, "success"),
+    ({"username": "alice", "password": "nope"}, 401, "failure_credentials"),
+    ({"username": "bob", "password": "builder"}, 401, "failure_unverified"),
+    ({"username": "carol", "password": "singing"}, 401, "failure_locked"),
+    ({"username": "dave", "password": "grohl", "otp": "000000"}, 401, "failure_2fa"),
+    ({"username": "erin", "password": "brockovich"}, 401, "failure_other"),
+    ({"username": "dave", "password": "grohl", "otp": "123456"}, 200, "success"),
+]
+# What one answered ping adds to the gunicorn example's own counter and histogram.
+PING: Series = {
+    key("shop_pings_total"): 1.0,
+    key("shop_ping_seconds_bucket", "le", "0.5"): 1.0,
+    key("shop_ping_seconds_bucket", "le", "1.0"): 1.0,
+    key("shop_ping_seconds_bucket", "le", "+Inf"): 1.0,
+    key("shop_ping_seconds_count"): 1.0,
+    key("shop_ping_seconds_sum"): 0.25,
+}
+
+
+def add(total: Series, change: Series) -> Series:
+    """Return ``total`` with ``change`` added, series by series."""
+    return {**total, **{k: total.get(k, 0.0) + value for k, value in change.items()}}
+
+
+def traffic(base: str, requests: int, *, ping: bool = False) -> Series:
+    """Send ``requests`` requests over the shop's routes, 16 at a time.
+
+    Logins cycle through every outcome, one request in four completes an order for 100
+    EUR cents, and with ``ping`` one in four is a ping. Returns what the requests that
+    the app acknowledged add to the samples.
+    """
+
+    def send(number: int) -> Series:
+        if ping and number % 4 == 3:
+            return PING if http("GET", f"{base}/ping")[0] == 204 else {}
+        if number % 4 == 1:
+            payment = {"amount_cents": 100, "currency": "EUR"}
+            if http("POST", f"{base}/orders/{number}/complete", payment)[0] != 200:
+                return {}
+            return {
+                key(ORDERS, "status", "completed"): 1.0,
+                key(REVENUE, "currency", "EUR"): 100.0,
+            }
+        body, status, outcome = LOGIN_CASES[number % len(LOGIN_CASES)]
+        if http("POST", f"{base}/login", body) != (status, {"outcome": outcome}):
+            return {}
+        return {key(LOGINS, "outcome", outcome): 1.0}
+
+    total: Series = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        for change in pool.map(send, range(requests)):
+            total = add(total, change)
+    return total
+
+
+class Scraper(threading.Thread):
+    """Scrape a /metrics URL about every 30 ms, noting series that went down or vanished.
+
+    Args:
+        url: The /metrics URL.
+        directory: The multiprocess directory, whose file count is sampled at each scrape.
+    """
+
+    def __init__(self, url: str, directory: Path | None = None) -> None:
+        """Prepare the thread; ``start()`` it, then ``stop()`` it."""
+        super().__init__(daemon=True)
+        self.url = url
+        self.directory = directory
+        self.scrapes = 0
+        self.decreases: list[str] = []
+        self.peak_files: dict[str, int] = collections.Counter()
+        self._last: Series = {}
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        """Scrape until stopped, for 10 minutes at the most."""
+        deadline = time.monotonic() + 600
+        while not self._stopped.is_set() and time.monotonic() < deadline:
+            try:
+                now = samples(fetch(self.url))
+            except (OSError, HTTPException):
+                # A worker killed while it answered; the next scrape tells the truth.
+                continue
+            self.decreases += [
+                f"{series}: {value} -> {now.get(series)}"
+                for series, value in self._last.items()
+                if now.get(series, -1.0) < value
+            ]
+            self._last = now
+            self.scrapes += 1
+            if self.directory is not None:
+                # An archive being rewritten has a temporary twin for a moment; it is
+                # not a file that scrapes read, so it is not counted.
+                files = collections.Counter(
+                    path.name.partition("_")[0]
+                    for path in self.directory.glob("[!.]*_*")
+                    if path.suffix != ".tmp"
+                )
+                for kind, count in files.items():
+                    self.peak_files[kind] = max(self.peak_files[kind], count)
+            time.sleep(0.03)
+
+    def stop(self) -> None:
+        """Stop scraping and wait for the thread to end."""
+        self._stopped.set()
+        self.join(timeout=60)

@@ -16,17 +16,24 @@ import pytest
 
 from helpers import (
     DELETIONS,
+    LOGIN_CASES,
     LOGINS,
     ORDERS,
     REVENUE,
     ZERO,
+    Scraper,
+    add,
+    business_series,
+    fetch,
     free_port,
     http,
     key,
     promtool_ok,
     require_tool,
+    samples,
     scrape,
     serving,
+    traffic,
 )
 from veza_business_metrics.__main__ import main
 
@@ -34,16 +41,6 @@ if TYPE_CHECKING:
     from helpers import Series
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-# One login per outcome of the fake user table, as (body, expected status, outcome).
-LOGIN_CASES = [
-    ({"username": "alice", "password": "wonderland"}, 200, "success"),
-    ({"username": "alice", "password": "nope"}, 401, "failure_credentials"),
-    ({"username": "bob", "password": "builder"}, 401, "failure_unverified"),
-    ({"username": "carol", "password": "singing"}, 401, "failure_locked"),
-    ({"username": "dave", "password": "grohl", "otp": "000000"}, 401, "failure_2fa"),
-    ({"username": "erin", "password": "brockovich"}, 401, "failure_other"),
-    ({"username": "dave", "password": "grohl", "otp": "123456"}, 200, "success"),
-]
 
 
 def drive_every_route(base: str) -> None:
@@ -161,77 +158,119 @@ def worker_pids(master: int) -> set[int]:
     return {int(pid) for pid in children}
 
 
-def burst(base: str, requests: int) -> collections.Counter[tuple[str, str]]:
-    """Send ``requests`` concurrent requests; count the events the app acknowledged."""
-    plan = [LOGIN_CASES[n % len(LOGIN_CASES)] for n in range(requests)]
-
-    def send(case: tuple[dict[str, str], int, str]) -> tuple[str, str] | None:
-        body, status, outcome = case
-        got = http("POST", f"{base}/login", body)
-        return ("outcome", outcome) if got == (status, {"outcome": outcome}) else None
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        acknowledged = [event for event in pool.map(send, plan) if event is not None]
-        revenue = list(
-            pool.map(
-                lambda n: http(
-                    "POST", f"{base}/orders/{n}/complete", {"amount_cents": 100, "currency": "EUR"}
-                )[0],
-                range(requests // 4),
-            )
-        )
-    counts = collections.Counter(acknowledged)
-    counts["status", "completed"] += revenue.count(200)
-    return counts
+def wait_for_workers(master: int, count: int, gone: int | None = None) -> set[int]:
+    """Wait until ``master`` has ``count`` workers, ``gone`` not among them; return them."""
+    deadline = time.monotonic() + 60
+    while True:
+        workers = worker_pids(master)
+        if len(workers) == count and gone not in workers:
+            return workers
+        assert time.monotonic() < deadline, f"gunicorn {master} did not get {count} workers"
+        time.sleep(0.05)
 
 
-def expected_scrape(counts: collections.Counter[tuple[str, str]]) -> Series:
-    """Return the series that acknowledged events should have produced."""
-    expected = dict(ZERO)
-    for (label, value), count in counts.items():
-        name = LOGINS if label == "outcome" else ORDERS
-        expected[key(name, label, value)] = float(count)
-    if counts["status", "completed"]:
-        expected[key(REVENUE, "currency", "EUR")] = 100.0 * counts["status", "completed"]
-    return expected
+def gunicorn_shop(gunicorn: str, *options: str) -> list[str]:
+    """Return the command that serves the multiprocess example shop with ``options``."""
+    config = str(EXAMPLES / "gunicorn" / "gunicorn.conf.py")
+    return [gunicorn, "--no-control-socket", "--config", config, *options, "app:app"]
+
+
+def files_by_type(directory: Path) -> dict[str, int]:
+    """Count the metrics files in ``directory`` by type."""
+    return dict(
+        collections.Counter(path.name.partition("_")[0] for path in directory.glob("[!.]*_*"))
+    )
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
-def test_gunicorn_multiprocess_survives_a_killed_worker(tmp_path: Path, preload: bool) -> None:  # noqa: FBT001
-    """Four workers, one SIGKILLed between two bursts: the scrape equals what was acknowledged."""
+def test_gunicorn_recycling_workers_stay_exact_and_bounded(tmp_path: Path, preload: bool) -> None:  # noqa: FBT001
+    """Recycled and SIGKILLed workers: scrapes never go down, end exact, files stay bounded."""
     gunicorn = require_tool("gunicorn")
     port = free_port()
     metrics_dir = tmp_path / "metrics"
-    stale = metrics_dir / "counter_999999.db"
     metrics_dir.mkdir()
+    stale = metrics_dir / "counter_999999.db"
     stale.write_bytes(b"left over by an earlier run")
-    command = [
-        gunicorn,
-        "--no-control-socket",
-        "--config",
-        str(EXAMPLES / "gunicorn" / "gunicorn.conf.py"),
-        *(["--preload"] if preload else []),
-        "app:app",
-    ]
+    recycling = ["--max-requests", "12", "--max-requests-jitter", "4"]
+    command = gunicorn_shop(gunicorn, *recycling, *(["--preload"] if preload else []))
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "SHOP_BIND": f"127.0.0.1:{port}"}
     base = f"http://127.0.0.1:{port}"
+    scraper = Scraper(f"{base}/metrics", metrics_dir)
     with serving(command, f"{base}/metrics", tmp_path, tmp_path / "log", env) as master:
         assert not stale.exists()
-        assert scrape(f"{base}/metrics") == ZERO
-        counts = burst(base, 400)
-        workers = worker_pids(master.pid)
-        assert len(workers) == 4
-        victim = max(workers, key=lambda pid: (metrics_dir / f"counter_{pid}.db").exists())
-        assert (metrics_dir / f"counter_{victim}.db").exists()
-        os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while not (len(worker_pids(master.pid)) == 4 and victim not in worker_pids(master.pid)):
-            assert time.monotonic() < deadline, "gunicorn did not replace the killed worker"
-            time.sleep(0.1)
-        counts += burst(base, 400)
-        scraped = scrape(f"{base}/metrics")
-    assert sum(counts.values()) == 1000
-    assert scraped == expected_scrape(counts)
+        expected = samples(fetch(f"{base}/metrics"))
+        assert business_series(fetch(f"{base}/metrics")) == ZERO
+        scraper.start()
+        try:
+            for burst in range(5):
+                expected = add(expected, traffic(base, 400, ping=True))
+                if burst < 4:
+                    victim = sorted(wait_for_workers(master.pid, 4))[burst]
+                    os.kill(victim, signal.SIGKILL)
+                    wait_for_workers(master.pid, 4, gone=victim)
+        finally:
+            scraper.stop()
+        final = samples(fetch(f"{base}/metrics"))
+        at_end = files_by_type(metrics_dir)
+    requests = sum(
+        value for (name, _), value in expected.items() if name in {LOGINS, "shop_pings_total"}
+    )
+    requests += expected.get(key(ORDERS, "status", "completed"), 0.0)
+    print(  # noqa: T201  (the figures that a change's closing note quotes, with -s)
+        f"\n{requests:.0f} requests acknowledged, {scraper.scrapes} scrapes,"
+        f" {len(scraper.decreases)} decreases, files at the peak {dict(scraper.peak_files)},"
+        f" at the end {at_end}"
+    )
+    assert requests == 2000
+    assert scraper.decreases == []
+    assert scraper.scrapes > 50
+    assert final == expected
+    # Per type: at most 4 live workers, the master (which imports the package through the
+    # config) and one archive.
+    assert max(scraper.peak_files.values()) <= 4 + 1 + 1
+    assert max(at_end.values()) <= 4 + 1 + 1
+
+
+def test_gunicorn_usr2_upgrade_keeps_every_count(tmp_path: Path) -> None:
+    """A USR2 upgrade under load, then TERM to the old master: totals stay exact throughout."""
+    gunicorn = require_tool("gunicorn")
+    port = free_port()
+    metrics_dir = tmp_path / "metrics"
+    pidfile = tmp_path / "gunicorn.pid"
+    command = gunicorn_shop(gunicorn, "--pid", str(pidfile))
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "SHOP_BIND": f"127.0.0.1:{port}"}
+    base = f"http://127.0.0.1:{port}"
+    scraper = Scraper(f"{base}/metrics")
+    new_master = None
+    with serving(command, f"{base}/metrics", tmp_path, tmp_path / "log", env) as old_master:
+        try:
+            expected = samples(fetch(f"{base}/metrics"))
+            scraper.start()
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as load:
+                during = load.submit(traffic, base, 1500, ping=True)
+                expected = add(expected, traffic(base, 200, ping=True))
+                old_master.send_signal(signal.SIGUSR2)
+                deadline = time.monotonic() + 60
+                while not (pidfile.with_suffix(".pid.2")).exists():
+                    assert time.monotonic() < deadline, "gunicorn did not start a new master"
+                    time.sleep(0.05)
+                new_master = int(pidfile.with_suffix(".pid.2").read_text())
+                wait_for_workers(new_master, 4)
+                expected = add(expected, traffic(base, 200, ping=True))
+                old_master.terminate()
+                assert old_master.wait(timeout=60) == 0
+                expected = add(expected, traffic(base, 200, ping=True))
+                expected = add(expected, during.result(timeout=300))
+            scraper.stop()
+            final = samples(fetch(f"{base}/metrics"))
+        finally:
+            scraper.stop()
+            if new_master is not None:
+                os.kill(new_master, signal.SIGTERM)
+    assert scraper.decreases == []
+    assert scraper.scrapes > 20
+    assert final == expected
+    assert expected[key("shop_pings_total")] > 0
 
 
 def prometheus_api(base: str, path: str) -> Any:

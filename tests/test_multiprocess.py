@@ -6,6 +6,7 @@ import concurrent.futures
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -99,6 +100,18 @@ def test_collector_reads_what_prometheus_clients_reads(
     assert scrape(directory) == stock_scrape(directory) == worker_samples(10)
     ours, theirs = both_families(directory)
     assert ours == theirs
+
+
+def test_a_file_being_created_is_read_as_empty(directory: Path, workers: list[Worker]) -> None:
+    """A file caught between its creation and its sizing holds no values, and merges as such."""
+    dead_workers(directory, workers, [2])
+    (directory / "counter_4194304.db").touch()
+    assert scrape(directory) == worker_samples(2)
+    with pytest.raises(struct.error):
+        stock_scrape(directory)
+    assert multiprocess.sweep(directory) == 2
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert scrape(directory) == worker_samples(2)
 
 
 def test_mark_process_dead_merges_every_metric_into_one_archive_per_type(
@@ -411,8 +424,6 @@ def test_clear_keeps_only_this_processs_files(directory: Path, workers: list[Wor
     (directory / f"counter_1.{'0' * 32}.merging").write_bytes(b"")
     multiprocess.clear(directory / ".." / directory.name)
     assert names(directory) == {own.name}
-    multiprocess.clear(directory / "new")
-    assert (directory / "new").is_dir()
 
 
 def test_clear_uses_the_environment(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -504,6 +504,7 @@ def test_multiprocess_mode_names_a_missing_directory(
         BusinessMetrics(REGISTRY)
 
 
-def test_multiprocess_mode_accepts_the_default_registry(multiprocess_mode: Path) -> None:
+@pytest.mark.usefixtures("multiprocess_mode")
+def test_multiprocess_mode_accepts_the_default_registry() -> None:
     """With its directory present, multiprocess mode accepts the default registry."""
     assert BusinessMetrics(REGISTRY).logins_total is BusinessMetrics(REGISTRY).logins_total

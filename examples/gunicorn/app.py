@@ -6,13 +6,34 @@ file); the config puts this directory and ``examples/`` on the import path.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, multiprocess
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from flask_app import create_app
+from veza_business_metrics.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 # The default registry would only see the worker that answers the scrape; this one
-# reads the files that every worker, dead or alive, wrote in PROMETHEUS_MULTIPROC_DIR.
+# reads the files of every worker, live or merged, in PROMETHEUS_MULTIPROC_DIR.
 registry = CollectorRegistry()
-multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+MultiProcessCollector(registry)
 
-app = create_app(registry)
+# The host application's own metrics, which the multiprocess files carry too.
+PINGS = Counter("shop_pings_total", "Pings answered by the shop.")
+PING_SECONDS = Histogram("shop_ping_seconds", "Time to answer a ping.", buckets=(0.1, 0.5, 1))
+
+
+def ping(environ: dict[str, object], start_response: Callable[..., object]) -> Iterable[bytes]:  # noqa: ARG001
+    """Answer a ping, counted only on the host application's own metrics."""
+    PINGS.inc()
+    # A fixed duration keeps the histogram's sum exact for the tests.
+    PING_SECONDS.observe(0.25)
+    start_response("204 No Content", [])
+    return []
+
+
+app = DispatcherMiddleware(create_app(registry), {"/ping": ping})

@@ -137,7 +137,6 @@ def clear(path: str | os.PathLike[str] | None = None) -> None:
         ValueError: If ``path`` is not given and the variable is not set.
     """
     directory = _directory(path)
-    directory.mkdir(parents=True, exist_ok=True)
     # A process that imported prometheus_client's metrics already wrote its zero series,
     # as a gunicorn master does with --preload: those files are this run's.
     own = f"_{os.getpid()}.db"
@@ -167,8 +166,11 @@ def _locked(directory: str | os.PathLike[str], operation: int) -> Iterator[None]
 
 
 def _readable_files(directory: str) -> list[str]:
-    names = [file.name for file in Path(directory).iterdir()]
-    readable = [name for name in names if name.endswith(".db")]
+    files = list(os.scandir(directory))
+    names = [file.name for file in files]
+    # prometheus_client creates a file empty, then sizes it: until then it holds
+    # nothing, and its reader would fail on it.
+    readable = [file.name for file in files if file.name.endswith(".db") and file.stat().st_size]
     claimed = [name for name in names if _CLAIMED_FILE.fullmatch(name)]
     if claimed:
         # Only a merge killed half-way leaves claimed files behind.
@@ -201,6 +203,8 @@ def _read_archive(
 
 
 def _values(path: str | os.PathLike[str]) -> dict[str, float]:
+    if not Path(path).stat().st_size:  # killed between creating its file and sizing it
+        return {}
     return {
         key: value
         for key, value, _, _ in MmapedDict.read_all_values_from_file(os.fspath(path))  # type: ignore[no-untyped-call]
