@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import iso4217
 import pycountry
 
-from veza_business_metrics._currencies import CURRENCY_CODES
+from veza_business_metrics._currencies import MINOR_UNITS, NO_MINOR_UNIT
+
+# ISO 4217 List One as the iso4217 package publishes it, independently of the library.
+PUBLISHED = {currency.code: currency.exponent for currency in iso4217.Currency}
+
+
+def test_minor_units_equal_the_published_iso_4217_table() -> None:
+    """Every code that List One gives a minor unit is shipped with that exponent, no other."""
+    published = {code: exponent for code, exponent in PUBLISHED.items() if exponent is not None}
+    assert dict(MINOR_UNITS) == published
+
+
+def test_codes_without_minor_unit_equal_the_published_table() -> None:
+    """The codes refused for having no minor unit are exactly List One's "N.A." codes."""
+    assert {code for code, exponent in PUBLISHED.items() if exponent is None} == NO_MINOR_UNIT
 
 
 def test_codes_equal_the_maintained_iso_4217_list() -> None:
-    """The shipped codes are exactly pycountry's active ISO 4217 alphabetic codes."""
+    """Accepted and refused codes together are exactly pycountry's ISO 4217 codes."""
     maintained = {currency.alpha_3 for currency in pycountry.currencies}
-    assert sorted(CURRENCY_CODES - maintained) == []
-    assert sorted(maintained - CURRENCY_CODES) == []
+    assert sorted(MINOR_UNITS.keys() | NO_MINOR_UNIT) == sorted(maintained)
+    assert not MINOR_UNITS.keys() & NO_MINOR_UNIT
 
 
 def test_codes_are_three_upper_case_ascii_letters() -> None:
     """Every code is three upper-case ASCII letters, the form exported as a label."""
-    assert all(len(code) == 3 and code.isascii() and code.isupper() for code in CURRENCY_CODES)
-
-
-def test_there_are_178_codes() -> None:
-    """The README's series bound, 2 x 178, matches the number of codes shipped."""
-    assert len(CURRENCY_CODES) == 178
+    codes = MINOR_UNITS.keys() | NO_MINOR_UNIT
+    assert all(len(code) == 3 and code.isascii() and code.isupper() for code in codes)

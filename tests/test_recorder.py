@@ -7,7 +7,7 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any
 
-import pycountry
+import iso4217
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
     from helpers import Key
 
-# Computed here from pycountry, independently of the constant the library ships.
-ISO_CODES = sorted(currency.alpha_3 for currency in pycountry.currencies)
+# Computed here from the published ISO 4217 table, independently of the library's own.
+ISO_CODES = sorted(c.code for c in iso4217.Currency if c.exponent is not None)
+NO_MINOR_UNIT_CODES = sorted(c.code for c in iso4217.Currency if c.exponent is None)
 
 LOGIN_HELPERS = [
     ("record_login_success", "success"),
@@ -265,7 +266,8 @@ def test_unknown_currencies_raise_invalid_label_error(
 ) -> None:
     """Empty, unknown and suffixed currencies raise InvalidLabelError naming the value."""
     before = generate_latest(registry)
-    with pytest.raises(InvalidLabelError, match=r"^currency must be one of the 178") as raised:
+    expected = f"^currency must be one of the {len(ISO_CODES)} ISO 4217 codes that have a minor"
+    with pytest.raises(InvalidLabelError, match=expected) as raised:
         getattr(metrics, record)(100, currency)
     assert repr(currency) in str(raised.value)
     assert generate_latest(registry) == before
@@ -296,12 +298,24 @@ def test_non_str_currencies_raise_type_error(metrics: BusinessMetrics, currency:
 def test_every_iso_code_is_accepted_and_bounded(
     metrics: BusinessMetrics, registry: CollectorRegistry
 ) -> None:
-    """Every code can be recorded, and revenue plus refunds make at most 2 x 178 series."""
+    """Every code can be recorded, and revenue plus refunds make at most 2 x 165 series."""
     for code in ISO_CODES:
         metrics.record_revenue(1, code.lower())
         metrics.record_refund(1, code)
     revenue = [k for k in business_series(registry) if k[0] == REVENUE]
-    assert len(revenue) == 2 * len(ISO_CODES) == 356
+    assert len(revenue) == 2 * len(ISO_CODES) == 330
+
+
+@pytest.mark.parametrize("code", NO_MINOR_UNIT_CODES)
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+def test_codes_without_a_minor_unit_are_rejected(
+    metrics: BusinessMetrics, registry: CollectorRegistry, record: str, code: str
+) -> None:
+    """Gold, XDR, XTS and the other codes without a minor unit raise and say why."""
+    before = generate_latest(registry)
+    with pytest.raises(InvalidLabelError, match=f"{code} has no minor unit in ISO 4217"):
+        getattr(metrics, record)(100, code.lower())
+    assert generate_latest(registry) == before
 
 
 def test_second_instance_shares_the_counters(registry: CollectorRegistry) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from prometheus_client import REGISTRY, Counter, values
 
-from veza_business_metrics._currencies import CURRENCY_CODES
+from veza_business_metrics._currencies import MINOR_UNITS, NO_MINOR_UNIT
 from veza_business_metrics._errors import InvalidAmountError, InvalidLabelError, MultiprocessError
 from veza_business_metrics._labels import LoginOutcome, OrderStatus
 
@@ -159,22 +159,27 @@ def canonical_currency(currency: object) -> str:
 
     Raises:
         TypeError: If it is not a string.
-        InvalidLabelError: If it is not an active ISO 4217 alphabetic code.
+        InvalidLabelError: If it is not an ISO 4217 code with a minor unit.
     """
     if not isinstance(currency, str):
         msg = f"currency must be a str such as 'EUR', got {type(currency).__name__} {currency!r}"
         raise TypeError(msg)
     # isascii() keeps letters such as the long s, which upper() maps to "S", out.
     code = currency.upper() if currency.isascii() else ""
-    if code in CURRENCY_CODES:
+    if code in MINOR_UNITS:
         return code
-    if currency.upper().endswith(REFUND_SUFFIX.upper()):
+    if code in NO_MINOR_UNIT:
+        hint = (
+            f"{code} has no minor unit in ISO 4217: it is a precious metal, a unit of"
+            " account or a code for testing, not money that a marketplace settles"
+        )
+    elif currency.upper().endswith(REFUND_SUFFIX.upper()):
         hint = "record refunds with record_refund(amount_cents, 'EUR') instead of a suffix"
     else:
         hint = "matched in any case, e.g. 'EUR', 'usd'"
     msg = (
-        f"currency must be one of the {len(CURRENCY_CODES)} active ISO 4217 alphabetic"
-        f" codes, got {currency!r}; {hint}"
+        f"currency must be one of the {len(MINOR_UNITS)} ISO 4217 codes that have a minor"
+        f" unit, got {currency!r}; {hint}"
     )
     raise InvalidLabelError(msg)
 
@@ -330,12 +335,12 @@ class Recorder:
         Args:
             amount_cents: The settled amount in minor units, e.g. 1999 for 19.99 EUR.
                 0 records nothing.
-            currency: An active ISO 4217 code in any case; it is exported upper case.
+            currency: An ISO 4217 code with a minor unit, in any case; exported upper case.
 
         Raises:
             TypeError: If ``amount_cents`` is not an int or ``currency`` not a str.
             InvalidAmountError: If ``amount_cents`` is negative or above 2**53.
-            InvalidLabelError: If ``currency`` is not an active ISO 4217 code.
+            InvalidLabelError: If ``currency`` is not an ISO 4217 code with a minor unit.
         """
         try:
             child = self._revenue_children[currency]
@@ -360,12 +365,12 @@ class Recorder:
         Args:
             amount_cents: The refunded amount in minor units, as a positive int.
                 0 records nothing.
-            currency: An active ISO 4217 code in any case, without any suffix.
+            currency: An ISO 4217 code with a minor unit, in any case, without a suffix.
 
         Raises:
             TypeError: If ``amount_cents`` is not an int or ``currency`` not a str.
             InvalidAmountError: If ``amount_cents`` is negative or above 2**53.
-            InvalidLabelError: If ``currency`` is not an active ISO 4217 code.
+            InvalidLabelError: If ``currency`` is not an ISO 4217 code with a minor unit.
         """
         self._add_money(self._refund_children, amount_cents, currency, refund=True)
 
