@@ -46,6 +46,55 @@ OUTCOMES = (
 STATUSES = ("created", "completed", "refunded", "failed")
 
 
+class Proxy:
+    """Stand for a value as lazy proxies do (Django's SimpleLazyObject, wrapt's ObjectProxy).
+
+    It claims the wrapped value's class, hashes and compares as it, and passes on every
+    other attribute, yet it is not an instance of that class.
+    """
+
+    def __init__(self, wrapped: object) -> None:
+        """Wrap ``wrapped``."""
+        self._wrapped = wrapped
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        """Claim the wrapped value's class."""
+        return type(self._wrapped)
+
+    def __hash__(self) -> int:
+        """Hash as the wrapped value."""
+        return hash(self._wrapped)
+
+    def __eq__(self, other: object) -> bool:
+        """Compare as the wrapped value."""
+        return bool(self._wrapped == other)
+
+    def __lt__(self, other: object) -> bool:
+        """Compare as the wrapped value."""
+        return bool(self._wrapped < other)  # type: ignore[operator]
+
+    def __le__(self, other: object) -> bool:
+        """Compare as the wrapped value."""
+        return bool(self._wrapped <= other)  # type: ignore[operator]
+
+    def __gt__(self, other: object) -> bool:
+        """Compare as the wrapped value."""
+        return bool(self._wrapped > other)  # type: ignore[operator]
+
+    def __ge__(self, other: object) -> bool:
+        """Compare as the wrapped value."""
+        return bool(self._wrapped >= other)  # type: ignore[operator]
+
+    def __getattr__(self, name: str) -> Any:
+        """Pass any other attribute on to the wrapped value."""
+        return getattr(self._wrapped, name)
+
+    def __repr__(self) -> str:
+        """Show the wrapped value."""
+        return f"Proxy({self._wrapped!r})"
+
+
 def key(name: str, label: str = "", value: str = "") -> Key:
     """Return the key of one series as ``business_series`` reports it."""
     return (name, ((label, value),) if label else ())

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from veza_business_metrics import InvalidAmountError, InvalidLabelError
+from veza_business_metrics._errors import SHOWN_CHARS, shown
 
 if TYPE_CHECKING:
     from veza_business_metrics import BusinessMetrics
@@ -24,3 +25,21 @@ def test_bad_amounts_can_be_caught_as_value_error(metrics: BusinessMetrics) -> N
     assert issubclass(InvalidAmountError, ValueError)
     with pytest.raises(ValueError, match="amount_cents must be 0 or more"):
         metrics.record_revenue(-1, "EUR")
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("EUR", "'EUR'"),
+        (None, "None"),
+        (2**256 - 1, str(2**256 - 1)),
+        (-(2**256) + 1, str(-(2**256) + 1)),
+        ("x" * SHOWN_CHARS, repr("x" * SHOWN_CHARS)[:SHOWN_CHARS] + "... (102 characters)"),
+        (2**256, "an int of 257 bits"),
+        (-(10**5000), "an int of 16610 bits"),
+    ],
+    ids=["str", "None", "int", "negative-int", "long-str", "long-int", "huge-int"],
+)
+def test_shown_cuts_what_it_repeats(value: object, text: str) -> None:
+    """A value is shown as its repr, cut at SHOWN_CHARS with its length, or an int by size."""
+    assert shown(value) == text

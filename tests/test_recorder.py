@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import decimal
+import itertools
 import re
 import threading
+import tracemalloc
+from collections import UserString
 from typing import TYPE_CHECKING, Any
 
 import iso4217
@@ -13,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest, values
 
-from helpers import DELETIONS, LOGINS, ORDERS, REVENUE, ZERO, business_series, key
+from helpers import DELETIONS, LOGINS, ORDERS, REVENUE, ZERO, Proxy, business_series, key
 from veza_business_metrics import (
     BusinessMetrics,
     InvalidAmountError,
@@ -22,6 +25,7 @@ from veza_business_metrics import (
     MultiprocessError,
     OrderStatus,
 )
+from veza_business_metrics._errors import SHOWN_CHARS
 from veza_business_metrics._recorder import MAX_AMOUNT_CENTS
 
 if TYPE_CHECKING:
@@ -33,6 +37,67 @@ if TYPE_CHECKING:
 # Computed here from the published ISO 4217 table, independently of the library's own.
 ISO_CODES = sorted(c.code for c in iso4217.Currency if c.exponent is not None)
 NO_MINOR_UNIT_CODES = sorted(c.code for c in iso4217.Currency if c.exponent is None)
+
+
+class HostileStr(str):
+    """A str that hashes anew on every call, and whose upper() and __str__ lie."""
+
+    __slots__ = ()
+    calls = itertools.count()
+
+    def __hash__(self) -> int:
+        """Return a new hash on every call, as a salted or per-object hash would."""
+        return next(self.calls)
+
+    def upper(self) -> str:
+        """Claim to be EUR whatever the value."""
+        return HostileStr("EUR")
+
+    def __str__(self) -> str:
+        """Return a new spelling on every call."""
+        return f"EUR{next(self.calls)}"
+
+
+def impostor(value: str, target: str) -> str:
+    """Return a str of ``value`` that hashes as ``target`` does and claims to equal anything."""
+
+    class Impostor(str):
+        __slots__ = ()
+
+        def __hash__(self) -> int:
+            return hash(target)
+
+        def __eq__(self, other: object) -> bool:
+            return True
+
+    return Impostor(value)
+
+
+class HostileInt(int):
+    """An int whose __int__ and comparisons lie about its value."""
+
+    __slots__ = ()
+
+    def __int__(self) -> int:
+        """Claim to be 7."""
+        return 7
+
+    def __lt__(self, other: object) -> bool:
+        """Claim never to be below anything."""
+        return False
+
+    def __le__(self, other: object) -> bool:
+        """Claim to be at most anything."""
+        return True
+
+    def __gt__(self, other: object) -> bool:
+        """Claim never to be above anything."""
+        return False
+
+    def __ge__(self, other: object) -> bool:
+        """Claim to be at least anything."""
+        return True
+
 
 LOGIN_HELPERS = [
     ("record_login_success", "success"),
@@ -259,6 +324,193 @@ def test_int_subclasses_are_counted_as_ints(
     assert registry.get_sample_value(REVENUE, {"currency": "EUR"}) == 250.0
 
 
+@pytest.mark.parametrize(
+    ("amount", "recorded"), [(HostileInt(250), 250.0), (HostileInt(2**53), 2.0**53)]
+)
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+def test_int_subclasses_are_counted_as_their_value(
+    metrics: BusinessMetrics,
+    registry: CollectorRegistry,
+    record: str,
+    amount: HostileInt,
+    recorded: float,
+) -> None:
+    """An int subclass whose __int__ and comparisons lie is counted as the int it holds."""
+    getattr(metrics, record)(amount, "EUR")
+    label = "EUR-refund" if record == "record_refund" else "EUR"
+    assert registry.get_sample_value(REVENUE, {"currency": label}) == recorded
+
+
+@pytest.mark.parametrize("amount", [HostileInt(-5), HostileInt(2**53 + 1)])
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+def test_int_subclasses_are_checked_as_their_value(
+    metrics: BusinessMetrics, registry: CollectorRegistry, record: str, amount: HostileInt
+) -> None:
+    """An int subclass whose comparisons lie is refused for the int it holds, with no series."""
+    before = generate_latest(registry)
+    with pytest.raises(InvalidAmountError, match=f"got {int.__int__(amount)}"):
+        getattr(metrics, record)(amount, "EUR")
+    assert generate_latest(registry) == before
+
+
+@pytest.mark.parametrize("amount", [10**5000, -(10**5000)], ids=["10**5000", "-10**5000"])
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+def test_enormous_amounts_raise_invalid_amount_error(
+    metrics: BusinessMetrics, record: str, amount: int
+) -> None:
+    """An int too long to print raises InvalidAmountError naming its size, not a bare error."""
+    with pytest.raises(InvalidAmountError, match="got an int of 16610 bits"):
+        getattr(metrics, record)(amount, "EUR")
+
+
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+def test_a_str_subclass_cannot_grow_the_spelling_cache(
+    metrics: BusinessMetrics, registry: CollectorRegistry, record: str
+) -> None:
+    """10,000 calls with a str subclass that hashes anew each time keep memory flat."""
+    currency = HostileStr("eur")
+    getattr(metrics, record)(1, currency)
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for _ in range(10_000):
+            getattr(metrics, record)(1, currency)
+        grown = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert grown < 10_000
+    label = "EUR-refund" if record == "record_refund" else "EUR"
+    assert business_series(registry)[key(REVENUE, "currency", label)] == 10_001.0
+
+
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+def test_a_str_subclass_is_exported_as_its_value(
+    metrics: BusinessMetrics, registry: CollectorRegistry, record: str
+) -> None:
+    """A str subclass whose upper() and __str__ lie adds to the series of the code it holds."""
+    for _ in range(100):
+        getattr(metrics, record)(1, HostileStr("usd"))
+    with pytest.raises(InvalidLabelError, match="got 'zzz'"):
+        getattr(metrics, record)(1, HostileStr("zzz"))
+    label = "USD-refund" if record == "record_refund" else "USD"
+    revenue = {k: v for k, v in business_series(registry).items() if k[0] == REVENUE}
+    assert revenue == {key(REVENUE, "currency", label): 100.0}
+
+
+@pytest.mark.parametrize(
+    ("currency", "error"),
+    [(UserString("EUR"), TypeError), (impostor("zzz", "EUR"), InvalidLabelError)],
+    ids=["UserString", "impostor"],
+)
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+def test_accepting_a_currency_does_not_depend_on_history(
+    metrics: BusinessMetrics, record: str, currency: object, error: type[Exception]
+) -> None:
+    """A currency refused on a fresh instance is still refused once "EUR" was recorded."""
+    with pytest.raises(error, match=r"^currency must be"):
+        getattr(metrics, record)(1, currency)
+    getattr(metrics, record)(1, "EUR")
+    with pytest.raises(error, match=r"^currency must be"):
+        getattr(metrics, record)(1, currency)
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "message"),
+    [
+        (Proxy(250), "EUR", r"^amount_cents must be an int"),
+        (250, Proxy("EUR"), r"^currency must be a str"),
+        (Proxy(250), Proxy("EUR"), r"^currency must be a str"),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+def test_proxies_are_refused_with_the_library_s_error(
+    metrics: BusinessMetrics,
+    registry: CollectorRegistry,
+    record: str,
+    amount: object,
+    currency: object,
+    message: str,
+) -> None:
+    """A proxy that claims the class of an int or str is refused with a TypeError of ours."""
+    before = generate_latest(registry)
+    with pytest.raises(TypeError, match=message):
+        getattr(metrics, record)(amount, currency)
+    assert generate_latest(registry) == before
+
+
+@pytest.mark.parametrize(
+    ("record", "value"),
+    [
+        ("record_login", impostor("zzz", "success")),
+        ("record_order_event", impostor("zzz", "created")),
+        ("record_login", UserString("success")),
+        ("record_order_event", UserString("created")),
+        ("record_login", Proxy("sucess")),
+        ("record_order_event", Proxy("complete")),
+    ],
+    ids=[
+        "outcome-impostor",
+        "status-impostor",
+        "outcome-UserString",
+        "status-UserString",
+        "outcome-proxy",
+        "status-proxy",
+    ],
+)
+def test_label_lookalikes_are_rejected(
+    metrics: BusinessMetrics, registry: CollectorRegistry, record: str, value: object
+) -> None:
+    """A value that only hashes or compares like an outcome or status counts nothing."""
+    before = generate_latest(registry)
+    with pytest.raises(InvalidLabelError, match=r"^(outcome|status) must be"):
+        getattr(metrics, record)(value)
+    assert generate_latest(registry) == before
+
+
+@pytest.mark.parametrize(
+    ("record", "value"),
+    [("record_login", HostileStr("failure_2fa")), ("record_order_event", HostileStr("failed"))],
+)
+def test_label_str_subclasses_count_as_their_value(
+    metrics: BusinessMetrics, registry: CollectorRegistry, record: str, value: str
+) -> None:
+    """A str subclass that hashes anew on every call counts in the series of its value."""
+    getattr(metrics, record)(value)
+    name, label = (LOGINS, "outcome") if record == "record_login" else (ORDERS, "status")
+    assert registry.get_sample_value(name, {label: str.__str__(value)}) == 1.0
+
+
+BIG = 2**20
+
+
+@pytest.mark.parametrize(
+    ("record", "arguments", "error", "start"),
+    [
+        ("record_login", ("x" * BIG,), InvalidLabelError, "'xxx"),
+        ("record_order_event", (["x"] * BIG,), InvalidLabelError, "['x', 'x'"),
+        ("record_revenue", (1, "E" * BIG), InvalidLabelError, "'EEE"),
+        ("record_refund", (1, b"E" * BIG), TypeError, "bytes b'EEE"),
+        ("record_revenue", ("1" * BIG, "EUR"), TypeError, "str '111"),
+        ("record_refund", (-(10**4000), "EUR"), InvalidAmountError, "an int of 13288 bits"),
+    ],
+    ids=["outcome", "status", "currency", "currency-bytes", "amount-str", "amount-int"],
+)
+def test_messages_show_a_bounded_part_of_the_value(
+    metrics: BusinessMetrics,
+    record: str,
+    arguments: tuple[object, ...],
+    error: type[Exception],
+    start: str,
+) -> None:
+    """A huge outcome, status, currency or amount is cut short in the error message."""
+    with pytest.raises(error) as raised:
+        getattr(metrics, record)(*arguments)
+    message = str(raised.value)
+    assert f"got {start}" in message
+    assert len(message) < SHOWN_CHARS + 300
+
+
 @pytest.mark.parametrize("currency", ["", "XYZ", "EURO", "EU", "EUR-refund", "eur-REFUND", "ÉUR"])
 @pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
 def test_unknown_currencies_raise_invalid_label_error(
@@ -394,8 +646,11 @@ def test_threads_count_exactly(metrics: BusinessMetrics, registry: CollectorRegi
     assert registry.get_sample_value(REVENUE, {"currency": "EUR"}) == 160_000.0
 
 
-def _is_valid_amount(amount: object) -> bool:
-    return isinstance(amount, int) and not isinstance(amount, bool) and amount >= 0
+def _exact_text(value: object) -> str | None:
+    """Return the exact str that ``value`` holds, if it is a str or a UserString."""
+    if isinstance(value, str):
+        return str.__str__(value)
+    return value.data if isinstance(value, UserString) else None
 
 
 ANYTHING = st.one_of(
@@ -407,50 +662,86 @@ ANYTHING = st.one_of(
     st.text(max_size=12),
     st.binary(max_size=4),
     st.lists(st.text(max_size=3), max_size=2),
+    st.builds(UserString, st.text(max_size=4)),
+)
+
+
+def _lookalikes(values: st.SearchStrategy[str], targets: list[str]) -> st.SearchStrategy[str]:
+    """Return str subclasses of ``values``: hostile ones, and impostors of ``targets``."""
+    return st.one_of(
+        values.map(HostileStr),
+        st.builds(impostor, values, st.sampled_from(targets)),
+    )
+
+
+SPELLINGS = st.sampled_from(ISO_CODES).flatmap(
+    lambda code: st.sampled_from([code, code.lower(), code.title(), code + "-refund"])
 )
 CURRENCIES = st.one_of(
-    st.sampled_from(ISO_CODES).flatmap(
-        lambda code: st.sampled_from([code, code.lower(), code.title(), code + "-refund"])
-    ),
+    SPELLINGS,
     st.text(max_size=6),
     st.text(
         alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\u017f\u0131-", max_size=4
     ),
+    _lookalikes(st.one_of(SPELLINGS, st.text(max_size=4)), ISO_CODES),
     ANYTHING,
 )
-AMOUNTS = st.one_of(st.integers(min_value=-(2**60), max_value=2**60), ANYTHING)
+AMOUNTS = st.one_of(
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.integers(min_value=-(2**60), max_value=2**60).map(HostileInt),
+    ANYTHING,
+)
 
 
 @given(
     record=st.sampled_from(["record_revenue", "record_refund"]),
     amount=AMOUNTS,
     currency=CURRENCIES,
+    seen=st.booleans(),
 )
-def test_money_is_recorded_exactly_or_not_at_all(record: str, amount: Any, currency: Any) -> None:
-    """Any amount and currency are either recorded exactly or rejected with nothing changed."""
+def test_money_is_recorded_exactly_or_not_at_all(
+    record: str, amount: Any, currency: Any, *, seen: bool
+) -> None:
+    """Any amount and currency are recorded as their exact value or rejected, whatever came before.
+
+    When ``seen``, the exact spelling that ``currency`` holds was recorded first.
+    """
     registry = CollectorRegistry()
     metrics = BusinessMetrics(registry)
-    valid_currency = (
-        isinstance(currency, str) and currency.isascii() and currency.upper() in ISO_CODES
+    spelling = _exact_text(currency)
+    code = spelling.upper() if spelling is not None and spelling.isascii() else None
+    if seen and code in ISO_CODES:
+        getattr(metrics, record)(1, spelling)
+    valid_amount = isinstance(amount, int) and not isinstance(amount, bool)
+    value = int.__int__(amount) if valid_amount else None
+    valid = (
+        isinstance(currency, str)
+        and code in ISO_CODES
+        and value is not None
+        and 0 <= value <= MAX_AMOUNT_CENTS
     )
-    valid = valid_currency and _is_valid_amount(amount) and amount <= MAX_AMOUNT_CENTS
-    before = generate_latest(registry)
+    before = business_series(registry)
     if not valid:
+        exposition = generate_latest(registry)
         with pytest.raises((TypeError, InvalidAmountError, InvalidLabelError)):
             getattr(metrics, record)(amount, currency)
-        assert generate_latest(registry) == before
+        assert generate_latest(registry) == exposition
         return
     getattr(metrics, record)(amount, currency)
-    label = currency.upper() + ("-refund" if record == "record_refund" else "")
-    expected = {} if amount == 0 else {key(REVENUE, "currency", label): float(amount)}
-    added = {k: v for k, v in business_series(registry).items() if k[0] == REVENUE}
-    assert added == expected
+    assert code is not None
+    assert value is not None
+    label = code + ("-refund" if record == "record_refund" else "")
+    series = key(REVENUE, "currency", label)
+    expected = before if value == 0 else {**before, series: before.get(series, 0.0) + value}
+    assert business_series(registry) == expected
 
 
+LABEL_VALUES = [member.value for member in [*LoginOutcome, *OrderStatus]]
 LABEL_INPUTS = st.one_of(
     st.sampled_from([*LoginOutcome, *OrderStatus]),
-    st.sampled_from([*LoginOutcome, *OrderStatus]).map(lambda member: member.value),
-    st.sampled_from([*LoginOutcome, *OrderStatus]).map(lambda member: member.value.upper()),
+    st.sampled_from(LABEL_VALUES),
+    st.sampled_from(LABEL_VALUES).map(str.upper),
+    _lookalikes(st.one_of(st.sampled_from(LABEL_VALUES), st.text(max_size=4)), LABEL_VALUES),
     ANYTHING,
 )
 
@@ -468,11 +759,11 @@ def test_labels_are_recorded_exactly_or_not_at_all(value: Any) -> None:
     for record, enum, name, label in cases:
         before = business_series(registry)
         allowed = {member.value for member in enum}
-        if isinstance(value, str) and value in allowed:
+        if isinstance(value, str) and str.__str__(value) in allowed:
             record(value)
             assert business_series(registry) == {
                 **before,
-                key(name, label, enum(value).value): 1.0,
+                key(name, label, str.__str__(value)): 1.0,
             }
         else:
             exposition = generate_latest(registry)

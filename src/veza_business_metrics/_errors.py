@@ -1,13 +1,42 @@
 """Exceptions raised for values that must never reach a counter."""
 
+from __future__ import annotations
+
+from typing import Final, cast
+
+# An error message repeats the caller's value, which may come from a request body of any
+# size and be sent back in a response: it shows this many characters of it at most.
+SHOWN_CHARS: Final = 100
+# Ints up to this size have at most 78 digits, so repr() shows them whole. Past
+# sys.get_int_max_str_digits() repr() raises, and up to it repr() takes quadratic time.
+_SHOWN_INT_BITS: Final = 256
+
 
 class InvalidLabelError(ValueError):
     """A label value (outcome, status or currency) is outside its fixed set."""
 
 
 class InvalidAmountError(ValueError):
-    """An amount in minor currency units cannot be added to a counter."""
+    """An amount cannot be counted exactly in minor units of its currency."""
 
 
 class MultiprocessError(ValueError):
     """prometheus_client's multiprocess mode cannot keep the counts exact as configured."""
+
+
+def shown(value: object) -> str:
+    """Return ``repr(value)`` for an error message, cut to ``SHOWN_CHARS`` characters.
+
+    Args:
+        value: What the caller passed.
+    """
+    # type(), unlike isinstance(), cannot be fooled by a __class__ property; int's own
+    # bit_length() cannot be overridden by a subclass.
+    if issubclass(type(value), int):
+        bits = int.bit_length(cast("int", value))
+        if bits > _SHOWN_INT_BITS:
+            return f"an int of {bits} bits"
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
