@@ -24,7 +24,7 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
-    from prometheus_client.registry import Collector
+    from prometheus_client.registry import Collector, CollectorRegistry
 
 Labels = tuple[tuple[str, str], ...]
 Key = tuple[str, Labels]
@@ -181,6 +181,24 @@ def fetch(url: str) -> str:
 def scrape(url: str) -> Series:
     """Return every veza_business_*_total sample served at ``url``."""
     return business_series(fetch(url))
+
+
+@contextlib.contextmanager
+def exposing(registry: CollectorRegistry) -> Iterator[str]:
+    """Serve ``registry`` with prometheus_client's HTTP server until the block ends.
+
+    The block gets the URL of its ``/metrics`` endpoint.
+    """
+    from prometheus_client import start_http_server  # noqa: PLC0415
+
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        yield f"http://127.0.0.1:{port}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
 
 
 @contextlib.contextmanager

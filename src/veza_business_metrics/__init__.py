@@ -2,6 +2,7 @@
 
 from veza_business_metrics._errors import InvalidAmountError, InvalidLabelError, MultiprocessError
 from veza_business_metrics._labels import LoginOutcome, OrderStatus
+from veza_business_metrics._money import to_minor_units
 from veza_business_metrics.metrics import (
     DEFAULT_METRICS,
     BusinessMetrics,
@@ -45,4 +46,5 @@ __all__ = [
     "record_order_refunded",
     "record_refund",
     "record_revenue",
+    "to_minor_units",
 ]
