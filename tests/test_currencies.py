@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import iso4217
 import pycountry
 
@@ -33,3 +35,12 @@ def test_codes_are_three_upper_case_ascii_letters() -> None:
     """Every code is three upper-case ASCII letters, the form exported as a label."""
     codes = MINOR_UNITS.keys() | NO_MINOR_UNIT
     assert all(len(code) == 3 and code.isascii() and code.isupper() for code in codes)
+
+
+def test_the_documented_series_bound_matches_the_table() -> None:
+    """docs/money.md gives the number of codes shipped and the bound of twice that many series."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "money.md").read_text()
+    count = len(MINOR_UNITS)
+    assert f"one of the {count} ISO 4217 codes" in text
+    assert f"at most 2 \N{MULTIPLICATION SIGN} {count} = {2 * count} series" in text
+    assert f"The {len(NO_MINOR_UNIT)} codes that List One gives" in text
