@@ -270,7 +270,7 @@ class Recorder:
         # subclass's __hash__ or __eq__ is ever asked.
         self._login_children = _children_by_class(LoginOutcome, self.logins_total)
         self._order_children = _children_by_class(OrderStatus, self.orders_total)
-        # Keyed by the caller's spelling ("eur", "EUR"), so only validated spellings enter.
+        # Keyed by the caller's exact spelling ("eur", "EUR") once it was validated.
         self._revenue_children: dict[str, Counter] = {}
         self._refund_children: dict[str, Counter] = {}
         logins = self._login_children[str]
