@@ -42,7 +42,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import multiprocess
+from prometheus_client import multiprocess as upstream
 from prometheus_client.mmap_dict import MmapedDict
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ _ABSORBED_MARK: Final = b"VBMA"
 _PROC: Final = Path("/proc")
 
 
-class MultiProcessCollector(multiprocess.MultiProcessCollector):
+class MultiProcessCollector(upstream.MultiProcessCollector):
     """Collect the metrics of every process, live or merged, as prometheus_client's does.
 
     Args:
@@ -235,7 +235,7 @@ def _compact(directory: Path, pids: set[int] | None) -> int:
             claims = _claim(directory, pid, files)
             if claims is None:
                 continue
-            multiprocess.mark_process_dead(pid, os.fspath(directory))  # type: ignore[no-untyped-call]
+            upstream.mark_process_dead(pid, os.fspath(directory))  # type: ignore[no-untyped-call]
             for name in claims:
                 pending[name.partition("_")[0]].append(name)
                 merged.add(pid)
