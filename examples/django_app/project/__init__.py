@@ -1,0 +1,1 @@
+"""The Django project of the example shop: settings, routes and the WSGI entry point."""
