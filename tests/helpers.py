@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
     from prometheus_client.registry import Collector, CollectorRegistry
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
 Labels = tuple[tuple[str, str], ...]
 Key = tuple[str, Labels]
 Series = dict[Key, float]
@@ -352,6 +354,105 @@ PING: Series = {
     key("shop_ping_seconds_count"): 1.0,
     key("shop_ping_seconds_sum"): 0.25,
 }
+
+
+def drive_every_route(base: str) -> None:
+    """Call every route of the shop once or more, with good and bad bodies."""
+    for body, status, outcome in LOGIN_CASES:
+        assert http("POST", f"{base}/login", body) == (status, {"outcome": outcome})
+    order_ids = []
+    for _ in range(3):
+        status, payload = http("POST", f"{base}/orders", {})
+        assert status == 201
+        order_ids.append(payload["id"])
+    paid, refunded, rejected = order_ids
+    assert (
+        http("POST", f"{base}/orders/{paid}/complete", {"amount_cents": 1999, "currency": "eur"})[
+            0
+        ]
+        == 200
+    )
+    assert (
+        http(
+            "POST", f"{base}/orders/{refunded}/complete", {"amount_cents": 500, "currency": "USD"}
+        )[0]
+        == 200
+    )
+    assert (
+        http("POST", f"{base}/orders/{refunded}/refund", {"amount_cents": 500, "currency": "usd"})[
+            0
+        ]
+        == 200
+    )
+    assert http("POST", f"{base}/orders/{rejected}/fail")[0] == 200
+    assert http("DELETE", f"{base}/account") == (204, None)
+
+
+def drive_bad_requests(base: str) -> None:
+    """Send bodies the library rejects; each gets a 4xx carrying the library's message."""
+    cases = [
+        ("complete", {"amount_cents": -500, "currency": "EUR"}, 422, "record_refund(500, 'EUR')"),
+        ("complete", {"amount_cents": 1999, "currency": "XYZ"}, 422, "got 'XYZ'"),
+        ("complete", {"amount_cents": 19.99, "currency": "EUR"}, 422, "must be an int"),
+        ("refund", {"amount_cents": 100, "currency": "EUR-refund"}, 422, "got 'EUR-refund'"),
+        ("refund", {"amount_cents": -1, "currency": "EUR"}, 422, "positive number"),
+        ("complete", {"currency": "EUR"}, 400, "amount_cents and currency"),
+    ]
+    for action, body, status, message in cases:
+        got_status, payload = http("POST", f"{base}/orders/o-1/{action}", body)
+        assert got_status == status, (action, body, payload)
+        assert message in payload["error"]
+
+
+EXPECTED_AFTER_ROUTES: Series = {
+    **ZERO,
+    key(LOGINS, "outcome", "success"): 2.0,
+    key(LOGINS, "outcome", "failure_credentials"): 1.0,
+    key(LOGINS, "outcome", "failure_unverified"): 1.0,
+    key(LOGINS, "outcome", "failure_locked"): 1.0,
+    key(LOGINS, "outcome", "failure_2fa"): 1.0,
+    key(LOGINS, "outcome", "failure_other"): 1.0,
+    key(ORDERS, "status", "created"): 3.0,
+    key(ORDERS, "status", "completed"): 2.0,
+    key(ORDERS, "status", "refunded"): 1.0,
+    key(ORDERS, "status", "failed"): 1.0,
+    key(REVENUE, "currency", "EUR"): 1999.0,
+    key(REVENUE, "currency", "USD"): 500.0,
+    key(REVENUE, "currency", "USD-refund"): 500.0,
+    key(DELETIONS): 1.0,
+}
+
+
+def check_app(base: str, metrics_url: str) -> None:
+    """Check zero series, every route's exact counts, and that bad bodies record nothing."""
+    assert scrape(metrics_url) == ZERO
+    drive_bad_requests(base)
+    assert scrape(metrics_url) == ZERO
+    drive_every_route(base)
+    assert scrape(metrics_url) == EXPECTED_AFTER_ROUTES
+
+
+def worker_pids(master: int) -> set[int]:
+    """Return the pids of the gunicorn master's live child processes."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+def wait_for_workers(master: int, count: int, gone: int | None = None) -> set[int]:
+    """Wait until ``master`` has ``count`` workers, ``gone`` not among them; return them."""
+    deadline = time.monotonic() + 60
+    while True:
+        workers = worker_pids(master)
+        if len(workers) == count and gone not in workers:
+            return workers
+        assert time.monotonic() < deadline, f"gunicorn {master} did not get {count} workers"
+        time.sleep(0.05)
+
+
+def gunicorn_shop(gunicorn: str, *options: str, app: str = "app:app") -> list[str]:
+    """Return the command that serves ``app`` with the multiprocess example's config."""
+    config = str(EXAMPLES / "gunicorn" / "gunicorn.conf.py")
+    return [gunicorn, "--no-control-socket", "--config", config, *options, app]
 
 
 def add(total: Series, change: Series) -> Series:
