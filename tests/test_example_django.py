@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 from typing import TYPE_CHECKING
 
@@ -45,6 +47,20 @@ def test_django_setup_registers_the_zero_series(run_python: Callable[..., str]) 
     )
     env = {"PYTHONPATH": str(DJANGO_APP), "DJANGO_SETTINGS_MODULE": "project.settings"}
     assert business_series(run_python(code, env)) == ZERO
+
+
+def test_manage_py_finds_no_issue() -> None:
+    """manage.py runs, and Django's system checks find nothing wrong with the project."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=DJANGO_APP,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "System check identified no issues (0 silenced).\n"
 
 
 def test_django_app_under_gunicorn(tmp_path: Path) -> None:
