@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+
+from veza_business_metrics.multiprocess import MultiProcessCollector
 
 # The default registry would only see the worker that answers the scrape; this one reads
-# the files that every worker wrote in PROMETHEUS_MULTIPROC_DIR.
+# the files of every worker, live or merged, in PROMETHEUS_MULTIPROC_DIR. It replaces
+# django-prometheus's view, whose prometheus_client collector takes no lock: a scrape
+# during the merge of a dead worker's files would miss their counts.
 registry = CollectorRegistry()
-MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+MultiProcessCollector(registry)
 
 
 def metrics(_request: HttpRequest) -> HttpResponse:
