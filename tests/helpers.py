@@ -5,28 +5,38 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
+import string
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.client import HTTPException
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pytest
+from hypothesis import strategies as st
+
+from veza_business_metrics import _config
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
+    import promql_parser
     from prometheus_client.registry import Collector, CollectorRegistry
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+_T = TypeVar("_T")
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 
 Labels = tuple[tuple[str, str], ...]
 Key = tuple[str, Labels]
@@ -133,6 +143,13 @@ def business_series(source: str | Collector) -> Series:
     }
 
 
+def missing(what: str, why_ci_has_it: str) -> NoReturn:
+    """Skip the test on a developer's machine, but fail it under CI=true, where ``what`` exists."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what}, but CI=true and {why_ci_has_it}")
+    pytest.skip(what)
+
+
 def require_tool(name: str) -> str:
     """Return the path of the executable ``name``; skip without it, but fail in CI.
 
@@ -144,10 +161,25 @@ def require_tool(name: str) -> str:
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     path = shutil.which(name, path=search)
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not on PATH, but CI=true and .ci/run installs it")
-        pytest.skip(f"{name} is not installed")
+        missing(f"{name} is not on PATH", ".ci/run installs it")
     return path
+
+
+def require_shared_file(relative: str, start: Path = ROOT) -> Path:
+    """Return ``shared/<relative>`` from the folder beside the checkout or above it.
+
+    The shared folder holds the Go reference implementation, which must never be copied
+    into the repository. It sits beside CI's checkout, and above a git worktree.
+
+    Raises:
+        pytest.fail.Exception: If it is missing and ``CI=true``, since CI provides it.
+        pytest.skip.Exception: If it is missing from a user's clone.
+    """
+    for folder in start.parents:
+        path = folder / "shared" / relative
+        if path.is_file():
+            return path
+    missing(f"shared/{relative} is not beside {start}", "CI provides the shared folder")
 
 
 def free_port() -> int:
@@ -542,3 +574,177 @@ class Scraper(threading.Thread):
         """Stop scraping and wait for the thread to end."""
         self._stopped.set()
         self.join(timeout=60)
+
+
+def poll(probe: Callable[[], _T], until: Callable[[_T], bool], timeout: float = 60) -> _T:
+    """Call ``probe`` until ``until`` accepts its result or ``timeout`` seconds pass.
+
+    Returns the last result either way, for the caller to assert on.
+    """
+    deadline = time.monotonic() + timeout
+    while not until(result := probe()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Prometheus:
+    """A real Prometheus server on 127.0.0.1 that scrapes and evaluates every second."""
+
+    url: str
+    config: Path
+    rule_file: Path
+
+    def write_config(self, targets: Mapping[str, Sequence[str]]) -> None:
+        """Write the configuration: the rule file and, for each job, its targets."""
+        scrape_configs = [
+            {"job_name": job, "static_configs": [{"targets": list(addresses)}]}
+            for job, addresses in targets.items()
+        ]
+        self.config.write_text(
+            json.dumps(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(self.rule_file)],
+                    "scrape_configs": scrape_configs,
+                }
+            )
+        )
+
+    def rescrape(self, targets: Mapping[str, Sequence[str]]) -> None:
+        """Replace the scrape targets while the server runs; no targets stops scraping."""
+        self.write_config(targets)
+        assert http("POST", f"{self.url}/-/reload")[0] == 200
+
+    def api(self, path: str, **params: str) -> Any:
+        """Return the data of a successful HTTP API call such as ``rules`` or ``metadata``."""
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        status, payload = http("GET", f"{self.url}/api/v1/{path}{query}")
+        assert (status, payload["status"]) == (200, "success"), payload
+        return payload["data"]
+
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Return the instant vector that ``promql`` gives now, or at the Unix time ``at``."""
+        params = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
+        data = self.api("query", **params)
+        assert data["resultType"] == "vector", data
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+
+@contextlib.contextmanager
+def running_prometheus(
+    directory: Path, rule_file: Path, targets: Mapping[str, Sequence[str]]
+) -> Iterator[Prometheus]:
+    """Run Debian's Prometheus on ``targets`` with ``rule_file`` until the block ends."""
+    binary = require_tool("prometheus")
+    server = Prometheus(f"http://127.0.0.1:{free_port()}", directory / "prometheus.yml", rule_file)
+    server.write_config(targets)
+    command = [
+        binary,
+        f"--config.file={server.config}",
+        f"--storage.tsdb.path={directory / 'data'}",
+        f"--web.listen-address={server.url.removeprefix('http://')}",
+        "--web.enable-lifecycle",
+    ]
+    with serving(command, f"{server.url}/-/ready", directory, directory / "prometheus.log"):
+        yield server
+
+
+def prometheus_series(prometheus: Prometheus, at: float | None = None) -> dict[str, Series]:
+    """Return the veza_business_*_total samples that Prometheus holds, by instance."""
+    found: dict[str, Series] = collections.defaultdict(dict)
+    for item in prometheus.query('{__name__=~"veza_business_.*_total"}', at):
+        labels = item["metric"]
+        key = tuple(
+            (name, value)
+            for name, value in sorted(labels.items())
+            if name not in {"__name__", "instance", "job"}
+        )
+        found[labels["instance"]][labels["__name__"], key] = float(item["value"][1])
+    return dict(found)
+
+
+def vector_selectors(expr: str) -> list[promql_parser.VectorSelector]:
+    """Return every series selector of the PromQL ``expr``, as promql-parser reads it."""
+    import promql_parser  # noqa: PLC0415
+
+    found: list[promql_parser.VectorSelector] = []
+
+    def visit(node: promql_parser.Expr) -> bool:
+        if isinstance(node, promql_parser.VectorSelector):
+            found.append(node)
+        return True
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+def _durations() -> st.SearchStrategy[str]:
+    units = [("y", 50), ("w", 999), ("d", 999), ("h", 999), ("m", 999), ("s", 999), ("ms", 999)]
+    # Each unit is present or not, in Prometheus's order; none at all reads as 0s.
+    amounts = st.tuples(*(st.none() | st.integers(0, largest) for _, largest in units))
+    return amounts.map(
+        lambda chosen: (
+            "".join(
+                f"{amount}{unit}"
+                for amount, (unit, _) in zip(chosen, units, strict=True)
+                if amount
+            )
+            or "0s"
+        )
+    )
+
+
+def _matchers() -> st.SearchStrategy[list[str]]:
+    first = string.ascii_letters + "_"
+    names = st.builds(
+        str.__add__, st.sampled_from(first), st.text(first + string.digits, max_size=8)
+    ).filter(lambda name: name != "__name__")
+    words = st.text(string.ascii_letters + string.digits + "-_.:", min_size=1, max_size=8)
+    regexes = st.lists(words, min_size=1, max_size=3).map(
+        lambda alternatives: "|".join(re.escape(word) for word in alternatives)
+    )
+    equality = st.tuples(names, st.sampled_from(["=", "!="]), st.text(max_size=12))
+    regex = st.tuples(names, st.sampled_from(["=~", "!~"]), regexes)
+    return st.lists(
+        st.one_of(equality, regex).map(lambda m: f"{m[0]}{m[1]}{_config.promql_string(m[2])}"),
+        max_size=3,
+    )
+
+
+def alert_sections(settings: _config.Settings) -> dict[str, Any]:
+    """Return the per-alert sections of ``settings`` by their TOML table name."""
+    return {
+        _config._key(field): getattr(settings, field.name)
+        for field in dataclasses.fields(settings)
+        if "check" not in field.metadata
+    }
+
+
+def config_documents() -> st.SearchStrategy[dict[str, object]]:
+    """Return a strategy for valid config files, as tomllib would parse them."""
+    numbers = st.integers(0, 10**9) | st.floats(0, 1e9)
+    by_check: dict[object, st.SearchStrategy[Any]] = {
+        _config._duration: _durations(),
+        _config._fraction: st.sampled_from([0, 1]) | st.floats(0, 1),
+        _config._non_negative: numbers,
+        _config._positive: numbers.filter(lambda number: number > 0),
+        _config._slo_target: st.floats(0, 1, exclude_min=True, exclude_max=True),
+        _config._url: st.sampled_from(
+            ["https://docs.example.com", "http://wiki.internal:8080/veza/", "https://a.b/c/d"]
+        ),
+        _config._matchers: _matchers(),
+    }
+
+    def table(kind: type) -> st.SearchStrategy[dict[str, object]]:
+        optional = {}
+        for field in dataclasses.fields(kind):
+            key = _config._key(field)
+            if "check" in field.metadata:
+                optional[key] = by_check[field.metadata["check"]]
+            else:
+                optional[key] = table(type(field.default))
+        return st.fixed_dictionaries({}, optional=optional)
+
+    return table(_config.Settings)

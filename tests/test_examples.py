@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import json
 import os
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -29,10 +28,12 @@ from helpers import (
     fetch,
     free_port,
     gunicorn_shop,
-    http,
     key,
+    poll,
+    prometheus_series,
     promtool_ok,
     require_tool,
+    running_prometheus,
     samples,
     scrape,
     serving,
@@ -43,6 +44,8 @@ from veza_business_metrics.__main__ import main
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from helpers import Series
 
 
 def test_quickstart_serves_the_recorded_events(tmp_path: Path) -> None:
@@ -176,75 +179,40 @@ def test_gunicorn_usr2_upgrade_keeps_every_count(tmp_path: Path) -> None:
     assert expected[key("shop_pings_total")] > 0
 
 
-def prometheus_api(base: str, path: str) -> Any:
-    """Return the data of a successful Prometheus HTTP API call."""
-    status, payload = http("GET", f"{base}/api/v1/{path}")
-    assert (status, payload["status"]) == (200, "success"), payload
-    return payload["data"]
-
-
 def test_real_prometheus_scrapes_the_fastapi_app_and_runs_the_rules(tmp_path: Path) -> None:
     """A real Prometheus scrapes the FastAPI app, sees its exact values and runs every rule."""
-    prometheus = require_tool("prometheus")
-    app_port, prometheus_port = free_port(), free_port()
+    app_port = free_port()
     rules = tmp_path / "rules.yml"
     main(["rules", "--output", str(rules)])
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        json.dumps(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(rules)],
-                "scrape_configs": [
-                    {
-                        "job_name": "shop",
-                        "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}],
-                    }
-                ],
-            }
-        )
-    )
     app = [sys.executable, str(EXAMPLES / "fastapi_app.py"), "--port", str(app_port)]
-    server = [
-        prometheus,
-        f"--config.file={config}",
-        f"--storage.tsdb.path={tmp_path / 'data'}",
-        f"--web.listen-address=127.0.0.1:{prometheus_port}",
-    ]
-    base = f"http://127.0.0.1:{prometheus_port}"
-    with serving(app, f"http://127.0.0.1:{app_port}/metrics", EXAMPLES, tmp_path / "app.log"):
-        drive_every_route(f"http://127.0.0.1:{app_port}")
-        with serving(server, f"{base}/-/ready", tmp_path, tmp_path / "prometheus.log"):
-            deadline = time.monotonic() + 60
-            while True:
-                result = prometheus_api(
-                    base, "query?query=%7B__name__%3D~%22veza_business_.%2A_total%22%7D"
-                )
-                seen = {
-                    (
-                        item["metric"]["__name__"],
-                        tuple(
-                            (key, value)
-                            for key, value in sorted(item["metric"].items())
-                            if key not in {"__name__", "instance", "job"}
-                        ),
-                    ): float(item["value"][1])
-                    for item in result["result"]
-                }
-                groups = prometheus_api(base, "rules")["groups"]
-                rules_seen = [rule for group in groups for rule in group["rules"]]
-                healthy = [rule for rule in rules_seen if rule["health"] == "ok"]
-                if (seen == EXPECTED_AFTER_ROUTES and len(healthy) == 13) or (
-                    time.monotonic() > deadline
-                ):
-                    break
-                time.sleep(0.5)
-    assert seen == EXPECTED_AFTER_ROUTES
-    assert {item["metric"]["job"] for item in result["result"]} == {"shop"}
-    assert [(rule["name"], rule["health"], rule.get("lastError", "")) for rule in rules_seen] == [
-        (rule["name"], "ok", "") for rule in rules_seen
-    ]
-    assert len(rules_seen) == 13
+    address = f"127.0.0.1:{app_port}"
+    with serving(app, f"http://{address}/metrics", EXAMPLES, tmp_path / "app.log"):
+        drive_every_route(f"http://{address}")
+        with running_prometheus(tmp_path, rules, {"shop": [address]}) as prometheus:
+
+            def state() -> tuple[dict[str, Series], list[tuple[str, str, str]]]:
+                groups = prometheus.api("rules")["groups"]
+                health = [
+                    (rule["name"], rule["health"], rule.get("lastError", ""))
+                    for group in groups
+                    for rule in group["rules"]
+                ]
+                return prometheus_series(prometheus), health
+
+            seen, health = poll(
+                state,
+                lambda now: (
+                    now[0] == {address: EXPECTED_AFTER_ROUTES}
+                    and all(rule[1] == "ok" for rule in now[1])
+                ),
+            )
+            jobs = {
+                item["metric"]["job"] for item in prometheus.query("veza_business_logins_total")
+            }
+    assert seen == {address: EXPECTED_AFTER_ROUTES}
+    assert jobs == {"shop"}
+    assert health == [(name, "ok", "") for name, _, _ in health]
+    assert len(health) == 27
 
 
 def test_fastapi_demo_simulates_traffic_and_prints_how_to_scrape(tmp_path: Path) -> None:
@@ -272,4 +240,4 @@ def test_shipped_prometheus_config_is_valid(promtool: str) -> None:
     printed = promtool_ok(
         promtool, "check", "config", "examples/prometheus.yml", cwd=EXAMPLES.parent
     )
-    assert "SUCCESS: 13 rules found" in printed
+    assert "SUCCESS: 27 rules found" in printed

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
+import pytest
+
 import veza_business_metrics
 from veza_business_metrics import metrics
 
@@ -19,3 +23,15 @@ def test_every_record_helper_is_exported() -> None:
     assert len(helpers) == 15
     assert helpers <= set(veza_business_metrics.__all__)
     assert all(getattr(veza_business_metrics, name) == getattr(metrics, name) for name in helpers)
+
+
+def test_version_is_the_installed_distribution_version() -> None:
+    """__version__ is exported and equals the version in the installed metadata."""
+    assert "__version__" in veza_business_metrics.__all__
+    assert veza_business_metrics.__version__ == importlib.metadata.version("veza-business-metrics")
+
+
+def test_unknown_attributes_still_raise_attribute_error() -> None:
+    """Looking up the version lazily leaves other missing names an AttributeError."""
+    with pytest.raises(AttributeError, match="has no attribute 'record_nothing'"):
+        veza_business_metrics.record_nothing  # type: ignore[attr-defined]  # noqa: B018

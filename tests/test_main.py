@@ -1,40 +1,93 @@
-"""Tests for veza_business_metrics.__main__, the rules and dashboard commands."""
+"""Tests for veza_business_metrics.__main__, the command line."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import subprocess
 import sys
 import zipfile
-from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from veza_business_metrics.__main__ import main, read_asset
+import veza_business_metrics
+from veza_business_metrics.__main__ import main
+from veza_business_metrics._config import Settings, default_config_text, load_settings
+from veza_business_metrics._dashboard import render_configmap, render_dashboard
+from veza_business_metrics._rules import render_prometheus_rule, render_rules
 
-ROOT_FILES = {"rules": "rules.yml", "dashboard": "dashboard.json"}
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+TUNED = "login_slo_target = 0.999\nmatchers = ['job=\"shop\"']\n"
+OUTPUTS: list[tuple[list[str], Callable[[Settings], str]]] = [
+    (["rules"], render_rules),
+    (["rules", "--format", "prometheus-rule"], render_prometheus_rule),
+    (["dashboard"], render_dashboard),
+    (["dashboard", "-f", "configmap"], render_configmap),
+]
 
 
-@pytest.mark.parametrize(("command", "filename"), ROOT_FILES.items())
-def test_command_prints_the_package_file(
-    command: str, filename: str, capsys: pytest.CaptureFixture[str]
+def run(*arguments: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m veza_business_metrics`` in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "veza_business_metrics", *arguments],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(("arguments", "render"), OUTPUTS)
+def test_each_format_prints_the_rendered_defaults(
+    arguments: list[str], render: Callable[[Settings], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Each command prints its package data file exactly, with no copy in between."""
-    main([command])
-    packaged = resources.files("veza_business_metrics").joinpath(filename).read_text()
-    assert capsys.readouterr().out == packaged == read_asset(command)
-    assert packaged.strip()
+    """Each command and format prints what its renderer gives for the default settings."""
+    main(arguments)
+    assert capsys.readouterr().out == render(Settings())
 
 
-@pytest.mark.parametrize("command", ROOT_FILES)
+@pytest.mark.parametrize(("arguments", "render"), OUTPUTS)
+def test_config_tunes_every_format(
+    arguments: list[str],
+    render: Callable[[Settings], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--config FILE renders every format with the settings that FILE holds."""
+    config = tmp_path / "tuned.toml"
+    config.write_text(TUNED)
+    main([*arguments, "--config", str(config)])
+    printed = capsys.readouterr().out
+    assert printed == render(load_settings(TUNED))
+    assert printed != render(Settings())
+    assert "shop" in printed
+
+
+@pytest.mark.parametrize("command", ["rules", "dashboard"])
 def test_output_writes_the_file(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--output FILE writes the same text to FILE and prints nothing."""
     target = tmp_path / "out"
     main([command, "--output", str(target)])
-    assert target.read_text() == read_asset(command)
-    assert capsys.readouterr().out == ""
+    main([command])
+    assert target.read_text() == capsys.readouterr().out
+    assert target.stat().st_size > 0
+
+
+@pytest.mark.parametrize("command", ["rules", "dashboard"])
+def test_print_config_prints_the_commented_defaults(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--print-config prints the config file with every default, whatever the command."""
+    main([command, "--print-config"])
+    assert capsys.readouterr().out == default_config_text()
 
 
 def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
@@ -45,45 +98,172 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     assert "usage: python -m veza_business_metrics" in capsys.readouterr().err
 
 
-def test_help_explains_both_commands() -> None:
-    """The --help of python -m veza_business_metrics describes the rules and dashboard commands."""
-    result = subprocess.run(
-        [sys.executable, "-m", "veza_business_metrics", "--help"],
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints the distribution's name and the version that pip installed."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    installed = importlib.metadata.version("veza-business-metrics")
+    assert capsys.readouterr().out == f"veza-business-metrics {installed}\n"
+    assert veza_business_metrics.__version__ == installed
+
+
+def test_importing_the_package_does_not_read_its_metadata(
+    run_python: Callable[[str], str],
+) -> None:
+    """The version is looked up on first use, so importing stays as quick as before."""
+    code = (
+        "import sys, veza_business_metrics\n"
+        "print('importlib.metadata' in sys.modules)\n"
+        "print(veza_business_metrics.__version__, 'importlib.metadata' in sys.modules)\n"
+    )
+    printed = run_python(code).split()
+    assert printed == ["False", importlib.metadata.version("veza-business-metrics"), "True"]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (None, "cannot read {path}: No such file or directory"),
+        ("matchers = [\n", "{path}: not valid TOML: "),
+        (
+            "[VezaBusinessLoginFailureSpike]\nmax_ratio = 0.5\n",
+            "{path}: unknown setting 'VezaBusinessLoginFailureSpike.max_ratio';",
+        ),
+        ("login_slo_target = '99.5%'\n", "{path}: login_slo_target must be a number, got str"),
+        ("matchers = ['job=~\"(\"']\n", "{path}: matchers[0] is not a PromQL label matcher"),
+        (b"\xff\xfe", "{path}: 'utf-8' codec can't decode"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_naming_it(
+    config: str | bytes | None, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing or bad config file exits with status 1 and one line that names the setting."""
+    path = tmp_path / "config.toml"
+    if isinstance(config, str):
+        path.write_text(config)
+    elif config is not None:
+        path.write_bytes(config)
+    with pytest.raises(SystemExit) as exited:
+        main(["rules", "--config", str(path), "--output", str(tmp_path / "rules.yml")])
+    assert exited.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"python -m veza_business_metrics: error: {message.format(path=path)}")
+    assert error.count("\n") == 1
+    assert not (tmp_path / "rules.yml").exists()
+
+
+def test_an_unwritable_output_is_one_line_and_status_1(tmp_path: Path) -> None:
+    """--output into a missing directory prints one line without a traceback, status 1."""
+    target = tmp_path / "missing" / "rules.yml"
+    result = run("rules", "--output", str(target))
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"python -m veza_business_metrics: error: cannot write {target}:"
+        " No such file or directory\n"
+    )
+
+
+def test_an_unwritable_output_fails_in_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--output onto a directory exits with status 1 and names the path."""
+    with pytest.raises(SystemExit) as exited:
+        main(["dashboard", "--output", str(tmp_path)])
+    assert exited.value.code == 1
+    assert f"cannot write {tmp_path}: Is a directory" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_exits_quietly() -> None:
+    """With the reader gone (`rules | head -1`), the command exits 1 without a traceback."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "veza_business_metrics", "rules"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        process.stdout.close()
+        error = process.stderr.read()
+        assert process.wait(timeout=60) == 1
+    assert error == b""
+
+
+def test_a_closed_pipe_exits_quietly_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing into a pipe whose reader is gone raises SystemExit(1), not BrokenPipeError."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    with open(writer, "w", encoding="utf-8") as stdout:  # noqa: PTH123
+        monkeypatch.setattr(sys, "stdout", stdout)
+        with pytest.raises(SystemExit) as exited:
+            main(["rules"])
+        assert exited.value.code == 1
+        # stdout now points at /dev/null, so the flush at exit has nowhere to fail.
+        stdout.write("more")
+        stdout.flush()
+
+
+def test_a_closed_pipe_under_head_prints_the_first_line() -> None:
+    """`python -m veza_business_metrics dashboard | head -1` prints one line and no error."""
+    result = subprocess.run(  # noqa: S602
+        f"{sys.executable} -m veza_business_metrics dashboard | head -1",
+        shell=True,
+        cwd=ROOT,
         capture_output=True,
         text=True,
-        check=True,
         timeout=60,
+        check=True,
     )
+    assert (result.stdout, result.stderr) == ("{\n", "")
+
+
+def test_help_explains_both_commands() -> None:
+    """The --help of python -m veza_business_metrics describes the rules and dashboard commands."""
+    result = run("--help")
+    assert result.returncode == 0
     assert "Prometheus recording and alerting rules" in result.stdout
     assert "Grafana dashboard" in result.stdout
+    for command in ["rules", "dashboard"]:
+        assert "--print-config" in run(command, "--help").stdout
 
 
 def test_commands_work_from_a_fresh_install_of_the_wheel(tmp_path: Path) -> None:
-    """Installed from its wheel into a new environment, the package prints both files."""
-    root = Path(__file__).resolve().parent.parent
+    """Installed from its wheel into a new environment, the package prints every output."""
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
     subprocess.run(
-        [*pip_wheel, "--no-build-isolation", "--wheel-dir", str(tmp_path), str(root)],
+        [*pip_wheel, "--no-build-isolation", "--wheel-dir", str(tmp_path), str(ROOT)],
         check=True,
         timeout=300,
     )
     (wheel,) = tmp_path.glob("veza_business_metrics-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    for filename in ["py.typed", "rules.yml", "dashboard.json", "__main__.py", "testing.py"]:
+    for filename in ["py.typed", "rules.yml", "dashboard.json", "__main__.py", "_rules.py"]:
         assert f"veza_business_metrics/{filename}" in names
     environment = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(environment)], check=True, timeout=300)
     python = str(environment / "bin" / "python")
     pip_install = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip_install, str(wheel)], check=True, timeout=300)
-    for command in ROOT_FILES:
+    for arguments, render in OUTPUTS:
         printed = subprocess.run(
-            [python, "-m", "veza_business_metrics", command],
+            [python, "-m", "veza_business_metrics", *arguments],
             cwd=tmp_path,
             capture_output=True,
             text=True,
             check=True,
             timeout=60,
         )
-        assert printed.stdout == read_asset(command)
+        assert printed.stdout == render(Settings())
+    # Without the rules extra, matchers need promql-parser, and the error says so.
+    config = tmp_path / "matchers.toml"
+    config.write_text("matchers = ['job=\"shop\"']\n")
+    result = subprocess.run(
+        [python, "-m", "veza_business_metrics", "rules", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "install veza-business-metrics[rules]" in result.stderr

@@ -1,5 +1,7 @@
 """The Veza platform's business KPI counters, series-compatible with the Go backend."""
 
+from typing import TYPE_CHECKING
+
 from veza_business_metrics._errors import InvalidAmountError, InvalidLabelError, MultiprocessError
 from veza_business_metrics._labels import LoginOutcome, OrderStatus
 from veza_business_metrics._money import to_minor_units
@@ -31,6 +33,7 @@ __all__ = [
     "LoginOutcome",
     "MultiprocessError",
     "OrderStatus",
+    "__version__",
     "record_account_deletion",
     "record_login",
     "record_login_failure_2fa",
@@ -48,3 +51,17 @@ __all__ = [
     "record_revenue",
     "to_minor_units",
 ]
+
+if TYPE_CHECKING:
+    __version__: str
+else:
+
+    def __getattr__(name: str) -> str:
+        # Reading the installed metadata costs tens of milliseconds, so the version is
+        # looked up only when someone asks for it, not on every import.
+        if name == "__version__":
+            from importlib.metadata import version  # noqa: PLC0415
+
+            return version("veza-business-metrics")
+        message = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(message)
