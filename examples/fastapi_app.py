@@ -37,7 +37,9 @@ CURRENCIES = ["EUR", "EUR", "USD", "eur"]
 
 async def simulate_traffic(events: int, pause: float = 0.2) -> None:
     """Drive the shop's handlers with a plausible mix of logins, orders and payments."""
-    rng = random.Random(4217)  # noqa: S311
+    # This seed completes EUR and USD orders and refunds one within the first two rounds,
+    # so that every series and panel of the demo has data from its first seconds.
+    rng = random.Random(87)  # noqa: S311
     # Mostly alice logging in; the others and a stranger fail in their own ways.
     usernames, weights = [*shop.USERS, "mallory"], [20, 1, 1, 2, 1, 2]
     for _ in range(events):
