@@ -234,7 +234,7 @@ def test_summaries_and_descriptions_state_the_configured_numbers() -> None:
     assert "0.27% error budget" in burn
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config_documents())
 def test_configured_matchers_reach_every_counter_selector(document: dict[str, object]) -> None:
     """Each selector of a veza_business_* counter has the matchers; recorded series have none."""
