@@ -13,6 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 
 from helpers import ROOT, alert_sections, config_documents, promtool_ok, vector_selectors
+from veza_business_metrics import _rules, metrics
 from veza_business_metrics.__main__ import main
 from veza_business_metrics._config import (
     DEFAULT_RUNBOOK_BASE_URL,
@@ -137,6 +138,16 @@ def promtool_dir(tmp_path: Path) -> Path:
     for test_file in PROMTOOL_TESTS.glob("*_test.yml"):
         shutil.copy(test_file, tmp_path)
     return tmp_path
+
+
+def test_the_rules_select_the_counters_of_the_contract() -> None:
+    """The series names in the rule templates are those that metrics.py declares."""
+    assert (
+        metrics.LOGINS.name,
+        metrics.ORDERS.name,
+        metrics.REVENUE_CENTS.name,
+        metrics.ACCOUNT_DELETIONS.name,
+    ) == (_rules.LOGINS, _rules.ORDERS, _rules.REVENUE, _rules.DELETIONS)
 
 
 def test_recording_rules_have_the_agreed_names() -> None:

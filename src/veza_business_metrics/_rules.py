@@ -17,6 +17,8 @@ from veza_business_metrics._config import ALERT_PREFIX, number_text, percent_tex
 if TYPE_CHECKING:
     from veza_business_metrics._config import Settings
 
+# The series of the contract in metrics.py, which only __init__ and testing import;
+# tests/test_rules.py checks that the two agree.
 LOGINS = "veza_business_logins_total"
 ORDERS = "veza_business_orders_total"
 REVENUE = "veza_business_revenue_cents_total"
