@@ -180,6 +180,7 @@ def go_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
         # The net package would need a C compiler otherwise.
         "CGO_ENABLED": "0",
     }
+    # GOCACHE stays Go's default, so that builds after the first take about a second.
     built = subprocess.run(
         [go, "build", "-o", str(binary), "vezafleet"],
         cwd=package,
@@ -199,8 +200,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     directory = tmp_path_factory.mktemp("demo")
     rules = directory / "rules.yml"
     main(["rules", "--output", str(rules)])
-    address = f"127.0.0.1:{free_port()}"
-    command = [sys.executable, str(EXAMPLES / "fastapi_app.py"), "--port", address[10:]]
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    command = [sys.executable, str(EXAMPLES / "fastapi_app.py"), f"--port={port}"]
     with (
         serving(
             [*command, "--simulate"], f"http://{address}/metrics", EXAMPLES, directory / "log"
