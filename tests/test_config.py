@@ -8,7 +8,7 @@ import tomllib
 
 import promql_parser
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import ROOT, alert_sections, config_documents
@@ -87,6 +87,7 @@ def test_every_setting_can_be_changed() -> None:
     assert changed.matchers == ('job="shop"',)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config_documents())
 def test_every_valid_document_is_accepted_as_written(document: dict[str, object]) -> None:
     """Any document of valid values loads, and every value it sets is the one in use."""

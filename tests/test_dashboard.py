@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 
 from helpers import config_documents, promtool_ok, vector_selectors
 from veza_business_metrics._config import Settings, matcher_text, settings_from_mapping
@@ -134,7 +134,7 @@ def test_metric_names_sees_through_promql_syntax() -> None:
     assert metric_names(expr) == {"a_total", "b:rule"}
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config_documents())
 def test_queries_follow_the_configured_matchers(document: dict[str, object]) -> None:
     """Every counter selector of a query ends with the configured matchers."""

@@ -264,7 +264,7 @@ def test_promtool_accepts_the_rules_of_any_valid_config(promtool: str, tmp_path:
     """The promtool check of the rules accepts those printed for generated configs."""
     paths: list[Path] = []
 
-    @settings(max_examples=30, deadline=None)
+    @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(config_documents())
     def print_rules(document: dict[str, object]) -> None:
         paths.append(tmp_path / f"rules_{len(paths)}.yml")
