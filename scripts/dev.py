@@ -1,40 +1,71 @@
-"""Bootstrap a virtual environment, then run the test suite or the demo.
+"""Run the test suite, or serve an example shop, from a fresh clone.
 
 Usage, from the repository root with only python3 (3.11+) on PATH::
 
-    python3 scripts/dev.py test   # lint, format check, types, tests, coverage
-    python3 scripts/dev.py demo   # serve the FastAPI example shop on 127.0.0.1
+    python3 scripts/dev.py test   # every session of noxfile.py, installed into .venv-nox
+    python3 scripts/dev.py demo   # an example shop with made-up traffic on 127.0.0.1:8000
 
-The test command also reruns the tests on the lowest supported prometheus-client, and
-on every newer CPython 3 it finds as python3.N on PATH or under pyenv.
+``test`` passes what follows it to nox (``test -s docs``); ``demo`` takes ``--app``,
+``--port`` and ``--no-simulate``. Each virtual environment is reinstalled only when the
+requirement files or pyproject.toml changed since it was last installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
 import os
-import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
-# The lowest prometheus-client that pyproject.toml admits; the suite runs on it too.
-LOWEST_PROMETHEUS_CLIENT = "prometheus-client==0.20.0"
+REQUIREMENTS = ROOT / "requirements"
+STARTUP_SECONDS = 60
 
 
-TEST_REQUIREMENTS = ("--requirement", str(ROOT / "requirements" / "test.txt"))
+@dataclasses.dataclass(frozen=True)
+class App:
+    """How the demo serves one example app: ``{bin}`` and ``{port}`` are filled in."""
+
+    command: tuple[str, ...]
+    metrics_path: str = "/metrics"
+    needs: str = "examples"
+    multiprocess: bool = False
 
 
-def bootstrap(name: str, *requirements: str, interpreter: str = sys.executable) -> Path:
-    """Create ``.venv-<name>`` once, install the package and ``requirements``, return python."""
-    env_dir = ROOT / f".venv-{name}"
-    python = env_dir / "bin" / "python"
-    if not python.exists():
-        run(interpreter, "-m", "venv", str(env_dir))
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    run(*pip, "--editable", str(ROOT), *requirements)
-    return python
+GUNICORN = ("{bin}/gunicorn", "--no-control-socket", "--bind", "127.0.0.1:{port}")
+APPS = {
+    # A FastAPI mount answers /metrics with a redirect to /metrics/.
+    "fastapi": App(("{bin}/python", "examples/fastapi_app.py", "--port", "{port}"), "/metrics/"),
+    "flask": App((*GUNICORN, "--chdir", "examples", "flask_app:app")),
+    "gunicorn": App(
+        (*GUNICORN, "--config", "examples/gunicorn/gunicorn.conf.py", "app:app"),
+        multiprocess=True,
+    ),
+    "django": App(
+        (*GUNICORN, "--chdir", "examples/django_app", "project.wsgi:application"),
+        needs="examples/django_app",
+    ),
+}
+
+
+def fail(message: str) -> NoReturn:
+    """Print a one-line error and exit with status 1."""
+    print(f"dev.py: error: {message}", file=sys.stderr)
+    sys.exit(1)
 
 
 def run(*command: str) -> None:
@@ -45,65 +76,156 @@ def run(*command: str) -> None:
         sys.exit(completed.returncode)
 
 
-def newer_pythons() -> dict[str, str]:
-    """Return the CPython interpreters newer than this one, by version, one per version."""
-    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    candidates = [shutil.which(f"python3.{minor}") for minor in range(12, 20)]
-    candidates += [str(path) for path in sorted(pyenv.glob("3.*/bin/python3"))]
-    found: dict[tuple[int, ...], str] = {}
-    for candidate in filter(None, candidates):
-        probe = subprocess.run(
-            [candidate, "-c", "import sys, venv; print(*sys.version_info[:2])"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        # pyenv's shims exist on PATH for versions it has not activated; they fail here.
-        if probe.returncode == 0:
-            version = tuple(map(int, probe.stdout.split()))
-            if version > sys.version_info[:2]:
-                found.setdefault(version, candidate)
-    return {".".join(map(str, version)): found[version] for version in sorted(found)}
+def bootstrap(env_dir: Path, inputs: Sequence[Path], *pip_arguments: str) -> Path:
+    """Create the virtual environment ``env_dir`` if needed, install into it, return python.
+
+    pip runs only when the arguments or the files in ``inputs`` changed since the last
+    successful install, which a stamp file in the environment records.
+    """
+    python = env_dir / "bin" / "python"
+    if not python.exists():
+        run(sys.executable, "-m", "venv", str(env_dir))
+    digest = hashlib.sha256("\0".join(pip_arguments).encode())
+    for path in inputs:
+        digest.update(path.read_bytes())
+    stamp = env_dir / "installed.sha256"
+    if not stamp.is_file() or stamp.read_text() != digest.hexdigest():
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        run(*pip, *pip_arguments)
+        stamp.write_text(digest.hexdigest())
+    return python
 
 
-def test() -> None:
-    """Run lint, format check, mypy and the tests under coverage, then the other runs."""
-    python = bootstrap("test", *TEST_REQUIREMENTS)
-    run(str(python), "-m", "ruff", "check", ".")
-    run(str(python), "-m", "ruff", "format", "--check", ".")
-    run(str(python), "-m", "mypy", "src", "tests", "examples", "scripts", "benchmarks")
-    run(str(python), "-m", "coverage", "erase")
-    run(str(python), "-m", "coverage", "run", "-m", "pytest")
-    run(str(python), "-m", "coverage", "report")
-    lowest = bootstrap("lowest", *TEST_REQUIREMENTS, LOWEST_PROMETHEUS_CLIENT)
-    run(str(lowest), "-m", "pytest", "-p", "no:cacheprovider", "-q")
-    for version, interpreter in newer_pythons().items():
-        newer = bootstrap(f"py{version}", *TEST_REQUIREMENTS, interpreter=interpreter)
-        run(str(newer), "-m", "pytest", "-p", "no:cacheprovider", "-q")
+def test(nox_arguments: Sequence[str]) -> None:
+    """Run the sessions of noxfile.py: all of them unless ``nox_arguments`` choose."""
+    requirements = REQUIREMENTS / "nox.txt"
+    python = bootstrap(ROOT / ".venv-nox", [requirements], "--requirement", str(requirements))
+    run(str(python), "-m", "nox", "--noxfile", str(ROOT / "noxfile.py"), *nox_arguments)
 
 
-def demo(port: int, *, simulate: bool) -> None:
-    """Serve the FastAPI example shop on 127.0.0.1, with made-up traffic unless told not to."""
-    python = bootstrap("demo", "--requirement", str(ROOT / "requirements" / "demo.txt"))
-    command = [str(python), str(ROOT / "examples" / "fastapi_app.py"), "--port", str(port)]
-    run(*command, *(["--simulate"] if simulate else []))
+def port_is_free(port: int) -> bool:
+    """Return whether nothing listens on 127.0.0.1:``port``."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def prometheus_config(directory: Path, rules: Path, app: App, port: int) -> Path:
+    """Write a Prometheus configuration that scrapes the app on ``port``; return its path.
+
+    JSON is YAML, which is what Prometheus reads.
+    """
+    config = {
+        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": [
+            {
+                "job_name": "shop",
+                "metrics_path": app.metrics_path,
+                "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+            }
+        ],
+    }
+    path = directory / "prometheus.yml"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+@contextlib.contextmanager
+def process(
+    command: Sequence[str], env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` in the repository root until the block ends, then stop it."""
+    with subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}) as child:
+        try:
+            yield child
+        finally:
+            child.terminate()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def wait_until_serving(server: subprocess.Popen[bytes], url: str) -> None:
+    """Return once ``url`` answers; fail if the server exits or takes too long."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):  # noqa: S310  a URL on 127.0.0.1
+                return
+        except OSError:
+            if server.poll() is not None:
+                fail(f"the app exited with status {server.returncode} before serving {url}")
+            if time.monotonic() > deadline:
+                fail(f"the app did not serve {url} within {STARTUP_SECONDS} s")
+            time.sleep(0.1)
+
+
+def demo(name: str, port: int, *, simulate: bool) -> None:
+    """Serve the example shop ``name`` on 127.0.0.1:``port``, with made-up traffic."""
+    app = APPS[name]
+    if not (ROOT / app.needs).is_dir():
+        fail(f"{app.needs}/ is not in this checkout; choose another --app")
+    if not port_is_free(port):
+        fail(f"port {port} on 127.0.0.1 is already in use; choose another with --port")
+    demo_requirements = REQUIREMENTS / "demo.txt"
+    python = bootstrap(
+        ROOT / ".venv-demo",
+        [demo_requirements, ROOT / "pyproject.toml"],
+        "--editable",
+        str(ROOT),
+        "--requirement",
+        str(demo_requirements),
+    )
+    command = [part.format(bin=python.parent, port=port) for part in app.command]
+    with tempfile.TemporaryDirectory(prefix="veza-demo-") as scratch:
+        # prometheus_client shares the workers' counters through files in this directory.
+        env = {"PROMETHEUS_MULTIPROC_DIR": scratch} if app.multiprocess else {}
+        rules = Path(scratch) / "rules.yml"
+        run(str(python), "-m", "veza_business_metrics", "rules", "--output", str(rules))
+        config = prometheus_config(Path(scratch), rules, app, port)
+        base = f"http://127.0.0.1:{port}"
+        with process(command, env) as server, contextlib.ExitStack() as simulator:
+            wait_until_serving(server, base + app.metrics_path)
+            print(f"Serving {base}{app.metrics_path}", flush=True)
+            print(f"Try: curl -s {base}{app.metrics_path} | grep veza_business", flush=True)
+            print(
+                f"Scrape it with Prometheus: prometheus --config.file={config}"
+                ' --storage.tsdb.path="$(mktemp -d)" --web.listen-address=127.0.0.1:9090',
+                flush=True,
+            )
+            if simulate:
+                simulator.enter_context(process([str(python), "examples/simulate.py", base]))
+            server.wait()
 
 
 def main() -> None:
     """Parse the command line and run the chosen command."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("test", help="lint, types, tests and coverage")
+    commands.add_parser(
+        "test", help="lint, types, tests, docs and the wheel; other arguments go to nox"
+    )
     demo_parser = commands.add_parser("demo", help="serve /metrics of an example host app")
+    demo_parser.add_argument("--app", choices=APPS, default="fastapi")
     demo_parser.add_argument("--port", type=int, default=8000)
     demo_parser.add_argument(
         "--no-simulate", action="store_true", help="serve without made-up traffic"
     )
-    args = parser.parse_args()
+    args, nox_arguments = parser.parse_known_args()
     if args.command == "test":
-        test()
-    else:
-        demo(args.port, simulate=not args.no_simulate)
+        test(nox_arguments)
+        return
+    if nox_arguments:
+        parser.error(f"unrecognized arguments: {' '.join(nox_arguments)}")
+    # Ctrl-C, or a SIGTERM, stops the demo's processes and removes its files on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    with contextlib.suppress(KeyboardInterrupt):
+        demo(args.app, args.port, simulate=not args.no_simulate)
 
 
 if __name__ == "__main__":

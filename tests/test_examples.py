@@ -6,6 +6,7 @@ import collections
 import concurrent.futures
 import os
 import signal
+import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -215,24 +216,34 @@ def test_real_prometheus_scrapes_the_fastapi_app_and_runs_the_rules(tmp_path: Pa
     assert len(health) == 27
 
 
-def test_fastapi_demo_simulates_traffic_and_prints_how_to_scrape(tmp_path: Path) -> None:
-    """With --simulate the counters move on their own, and the app prints how to scrape it."""
+def test_simulator_plays_its_rounds_against_a_served_shop(tmp_path: Path) -> None:
+    """simulate.py sends one login per round to a real server, then exits with status 0."""
     port = free_port()
-    command = [sys.executable, "-u", str(EXAMPLES / "fastapi_app.py"), "--port", str(port)]
-    metrics_url = f"http://127.0.0.1:{port}/metrics/"
-    log = tmp_path / "demo.log"
-    with serving([*command, "--simulate"], metrics_url, EXAMPLES, log):
-        first = scrape(metrics_url)
-        deadline = time.monotonic() + 30
-        while scrape(metrics_url) == first:
-            assert time.monotonic() < deadline, "the simulated traffic did not move any counter"
-            time.sleep(0.2)
-    printed = log.read_text().splitlines()
-    assert printed[:2] == [
-        f"Serving {metrics_url}",
-        f"Try: curl -s {metrics_url} | grep veza_business",
-    ]
-    assert "prometheus --config.file=examples/prometheus.yml" in printed[2]
+    command = [sys.executable, str(EXAMPLES / "fastapi_app.py"), "--port", str(port)]
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    with serving(command, metrics_url, EXAMPLES, tmp_path / "log"):
+        simulator = [sys.executable, str(EXAMPLES / "simulate.py"), f"http://127.0.0.1:{port}"]
+        subprocess.run([*simulator, "--events", "40", "--pause", "0"], check=True, timeout=120)
+        values = scrape(metrics_url)
+    logins = {name: value for name, value in values.items() if name[0] == LOGINS}
+    assert sum(logins.values()) == 40
+    assert values[key(ORDERS, "status", "created")] > 0
+    assert values[key(REVENUE, "currency", "EUR")] > 0
+
+
+def test_simulator_stops_with_one_line_when_the_shop_is_gone() -> None:
+    """Without a server to talk to, simulate.py exits with status 1 and a one-line reason."""
+    base = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "simulate.py"), base],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"simulate.py: stopped: {base} is unreachable")
+    assert result.stderr.count("\n") == 1
 
 
 def test_shipped_prometheus_config_is_valid(promtool: str) -> None:

@@ -203,13 +203,16 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     port = free_port()
     address = f"127.0.0.1:{port}"
     command = [sys.executable, str(EXAMPLES / "fastapi_app.py"), f"--port={port}"]
+    simulator = [sys.executable, str(EXAMPLES / "simulate.py"), f"http://{address}"]
     with (
-        serving(
-            [*command, "--simulate"], f"http://{address}/metrics", EXAMPLES, directory / "log"
-        ),
+        serving(command, f"http://{address}/metrics", EXAMPLES, directory / "log"),
+        subprocess.Popen(simulator) as traffic,
         running_prometheus(directory, rules, {"demo": [address]}) as prometheus,
     ):
-        yield prometheus
+        try:
+            yield prometheus
+        finally:
+            traffic.terminate()
 
 
 def drive_round(go: str, pythons: list[str]) -> None:

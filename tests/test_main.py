@@ -6,7 +6,6 @@ import importlib.metadata
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -225,45 +224,3 @@ def test_help_explains_both_commands() -> None:
     assert "Grafana dashboard" in result.stdout
     for command in ["rules", "dashboard"]:
         assert "--print-config" in run(command, "--help").stdout
-
-
-def test_commands_work_from_a_fresh_install_of_the_wheel(tmp_path: Path) -> None:
-    """Installed from its wheel into a new environment, the package prints every output."""
-    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
-    subprocess.run(
-        [*pip_wheel, "--no-build-isolation", "--wheel-dir", str(tmp_path), str(ROOT)],
-        check=True,
-        timeout=300,
-    )
-    (wheel,) = tmp_path.glob("veza_business_metrics-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        names = set(archive.namelist())
-    for filename in ["py.typed", "rules.yml", "dashboard.json", "__main__.py", "_rules.py"]:
-        assert f"veza_business_metrics/{filename}" in names
-    environment = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(environment)], check=True, timeout=300)
-    python = str(environment / "bin" / "python")
-    pip_install = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip_install, str(wheel)], check=True, timeout=300)
-    for arguments, render in OUTPUTS:
-        printed = subprocess.run(
-            [python, "-m", "veza_business_metrics", *arguments],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        assert printed.stdout == render(Settings())
-    # Without the rules extra, matchers need promql-parser, and the error says so.
-    config = tmp_path / "matchers.toml"
-    config.write_text("matchers = ['job=\"shop\"']\n")
-    result = subprocess.run(
-        [python, "-m", "veza_business_metrics", "rules", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 1
-    assert "install veza-business-metrics[rules]" in result.stderr
