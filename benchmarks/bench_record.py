@@ -1,7 +1,7 @@
 """Print what each record_* helper costs relative to a bare prometheus_client call.
 
-Run with ``.venv/bin/python benchmarks/bench_record.py`` after ``python3 scripts/test.py``
-has created the virtual environment, or from any environment with the package installed.
+Run it with ``python benchmarks/bench_record.py`` in any environment where the package is
+installed, such as ``.nox/tests`` once ``python3 scripts/dev.py test`` has created it.
 
 All cases run interleaved in one process: every round times each case once, and a
 case's ratio is the median over rounds of (case - empty loop) / (baseline - empty loop),
