@@ -20,11 +20,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from sybil import Sybil
+from sybil.integration.pytest import SybilItem
 from sybil.parsers.myst import CodeBlockParser, PythonCodeBlockParser, SkipParser
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Generator, Iterable
 
     from sybil import Document, Example, Region
 
@@ -119,6 +121,18 @@ def make_workspace(namespace: dict[str, Any]) -> None:
 def remove_workspace(namespace: dict[str, Any]) -> None:
     """Delete the scratch directory and whatever the commands wrote there."""
     shutil.rmtree(namespace["workspace"])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Report a skipped snippet at its line in the document rather than inside pytest."""
+    report = yield
+    if report.skipped and isinstance(item, SybilItem) and isinstance(report.longrepr, tuple):
+        path, line, _ = item.reportinfo()
+        report.longrepr = (str(path), line or 0, report.longrepr[2])
+    return report
 
 
 pytest_collect_file = Sybil(
