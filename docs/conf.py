@@ -7,6 +7,7 @@ Sphinx rather than MkDocs: MkDocs 1.x has had no release since 2024-08, and Sphi
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,9 +37,11 @@ napoleon_numpy_docstring = False
 
 # Without network there is no intersphinx: references into the standard library and
 # other projects stay unlinked, while every reference into this package must resolve.
+OTHER_PROJECTS = [*sorted(sys.stdlib_module_names), "prometheus_client", "pytest"]
 nitpick_ignore_regex = [
-    ("py:.*", r"(collections|decimal|typing|prometheus_client|pytest)\..+"),
-    ("py:class", "CollectorRegistry|Counter"),
+    ("py:.*", rf"({'|'.join(OTHER_PROJECTS)})\..+"),
+    # prometheus_client's classes, named as the modules import them for type checking.
+    ("py:class", "CollectorRegistry|Counter|Metric"),
 ]
 # The private Literal aliases of the accepted strings, which reference.md lists.
 nitpick_ignore = [("py:class", "LoginOutcomeValue"), ("py:class", "OrderStatusValue")]
