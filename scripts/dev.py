@@ -183,8 +183,10 @@ def demo(name: str, port: int, *, simulate: bool) -> None:
     )
     command = [part.format(bin=python.parent, port=port) for part in app.command]
     with tempfile.TemporaryDirectory(prefix="veza-demo-") as scratch:
-        # prometheus_client shares the workers' counters through files in this directory.
-        env = {"PROMETHEUS_MULTIPROC_DIR": scratch} if app.multiprocess else {}
+        # prometheus_client shares the workers' counters through files there; a cold start
+        # deletes every other file of that directory, hence one of its own.
+        metrics_dir = str(Path(scratch) / "metrics")
+        env = {"PROMETHEUS_MULTIPROC_DIR": metrics_dir} if app.multiprocess else {}
         rules = Path(scratch) / "rules.yml"
         run(str(python), "-m", "veza_business_metrics", "rules", "--output", str(rules))
         config = prometheus_config(Path(scratch), rules, app, port)
