@@ -40,8 +40,8 @@ napoleon_numpy_docstring = False
 OTHER_PROJECTS = [*sorted(sys.stdlib_module_names), "prometheus_client", "pytest"]
 nitpick_ignore_regex = [
     ("py:.*", rf"({'|'.join(OTHER_PROJECTS)})\..+"),
-    # prometheus_client's classes, named as the modules import them for type checking.
-    ("py:class", "CollectorRegistry|Counter|Metric"),
+    # The same classes, named as the modules import them for type checking.
+    ("py:class", "CollectorRegistry|Counter|Metric|Decimal"),
 ]
 # The private Literal aliases of the accepted strings, which reference.md lists.
 nitpick_ignore = [("py:class", "LoginOutcomeValue"), ("py:class", "OrderStatusValue")]
