@@ -8,13 +8,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from sphinx.application import Sphinx
-
-DOCS = Path(__file__).resolve().parent
 
 project = "veza-business-metrics"
 author = "Veza platform team"
@@ -45,20 +38,6 @@ nitpick_ignore_regex = [
 ]
 # The private Literal aliases of the accepted strings, which reference.md lists.
 nitpick_ignore = [("py:class", "LoginOutcomeValue"), ("py:class", "OrderStatusValue")]
-
-# For the integrator: alerting.md and runbooks/ come from another branch (issue 9). Once
-# they are merged, delete this tuple and the source-read hook below.
-PAGES_FROM_ANOTHER_BRANCH = ("alerting", "runbooks/index")
-
-
-def _drop_pages_not_merged_yet(_app: Sphinx, docname: str, source: list[str]) -> None:
-    """Remove from index.md's toctree the pages of another branch that are not here yet."""
-    if docname == "index":
-        for page in PAGES_FROM_ANOTHER_BRANCH:
-            if not (DOCS / f"{page}.md").exists():
-                source[0] = source[0].replace(f"\n{page}\n", "\n")
-
-
-def setup(app: Sphinx) -> None:
-    """Connect the hook above."""
-    app.connect("source-read", _drop_pages_not_merged_yet)
+# Pygments' PromQL lexer refuses the colons of recording rule names, which are valid
+# PromQL; such a block is still shown, highlighted in relaxed mode.
+suppress_warnings = ["misc.highlighting_failure"]
