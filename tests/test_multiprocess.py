@@ -254,6 +254,58 @@ def test_a_process_that_reused_a_pid_and_continues_its_file_loses_nothing(
     assert scrape(directory) == worker_samples(6)
 
 
+# Creates this process's counter file, holding one count, and keeps it open: unmapped, as
+# prometheus_client has it between creating and mapping it, or mapped.
+HOLDER = textwrap.dedent("""
+    import mmap, os, struct, sys
+
+    path = os.path.join(sys.argv[1], f"counter_{os.getpid()}.db")
+    key = b'["c_total", "c_total", {}, "A counter."]'
+    key += b" " * (8 - (len(key) + 4) % 8)
+    entry = struct.pack(f"i{len(key)}sdd", len(key.rstrip()), key, 1.0, 0.0)
+    descriptor = os.open(path, os.O_CREAT | os.O_RDWR)
+    os.write(descriptor, struct.pack("ii", 8 + len(entry), 0) + entry)
+    if sys.argv[2] == "mapped":
+        mapping = mmap.mmap(descriptor, 0)
+    print(os.getpid(), flush=True)
+    sys.stdin.readline()
+""")
+
+
+@pytest.mark.parametrize("how", ["open", "mapped"])
+def test_a_file_that_its_process_has_open_is_left_alone(directory: Path, how: str) -> None:
+    """A running process's file is not merged while it has it open, even before mapping it."""
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(directory), how],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        pid = int(holder.stdout.readline())
+        assert multiprocess.sweep(directory) == 0
+        multiprocess.mark_process_dead(pid, directory)
+        assert names(directory) == {f"counter_{pid}.db"}
+        holder.stdin.write("exit\n")
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 0
+    assert multiprocess.sweep(directory) == 1
+    assert names(directory) == {"counter_archive.db"}
+    assert scrape(directory) == {("c_total", ()): 1.0}
+
+
+def test_a_file_that_a_running_process_of_its_pid_does_not_hold_is_merged(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A dead worker's file whose pid now runs a process that never opened it is merged."""
+    (dead,) = dead_workers(directory, workers, [2])
+    move_files(directory, dead.pid, os.getpid())
+    assert multiprocess.sweep(directory) == 1
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert scrape(directory) == worker_samples(2)
+
+
 def test_a_new_file_under_a_merged_pid_is_merged_once(
     directory: Path, workers: list[Worker]
 ) -> None:
@@ -354,7 +406,7 @@ def test_a_merge_killed_at_any_change_loses_and_repeats_nothing(
 def test_a_process_killed_between_a_claim_and_its_undoing_keeps_its_file(
     directory: Path, workers: list[Worker]
 ) -> None:
-    """A claimed file that a running process still maps is given back, not merged."""
+    """A claimed file that a running process still has open is given back, not merged."""
     live = Worker(directory)
     workers.append(live)
     live.record(2)
@@ -476,13 +528,14 @@ def test_without_procfs_a_running_pid_is_left_alone(
     assert dead.pid != live.pid
 
 
-def test_an_unreadable_process_map_counts_as_in_use(
+def test_unreadable_process_descriptors_count_as_in_use(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """When /proc/<pid>/maps cannot be read, the files of that pid are left alone."""
+    """When /proc/<pid>/fd cannot be read, the files of that pid are left alone."""
     (dead,) = dead_workers(directory, workers, [1])
     proc = tmp_path / "proc"
-    (proc / str(dead.pid) / "maps").mkdir(parents=True)
+    (proc / str(dead.pid)).mkdir(parents=True)
+    (proc / str(dead.pid) / "fd").write_text("not a directory")
     monkeypatch.setattr(multiprocess, "_PROC", proc)
     assert multiprocess.sweep(directory) == 0
     multiprocess.mark_process_dead(dead.pid, directory)

@@ -17,8 +17,8 @@ never loses or repeats a count, even when killed at any point:
 
 A scrape counts claimed files that their archive has not absorbed, and skips the others;
 the next merge finishes what a killed one started. A file is only merged once no process
-with its pid has it mapped (``/proc/<pid>/maps``), which also protects a worker that
-reused a dead worker's pid and continued its file.
+with its pid has it open (``/proc/<pid>/fd``), from its creation on, which also protects
+a worker that reused a dead worker's pid and continued its file.
 
 This module relies on these prometheus_client internals, tested on 0.20.0 and the newest
 release: the file names ``<type>_<pid>.db`` and ``gauge_<mode>_<pid>.db``; the file format
@@ -303,21 +303,27 @@ def _pid(claim: str) -> int:
 
 
 def _holds(pid: int, directory: Path, names: list[str]) -> bool:
-    """Return whether a running process ``pid`` has one of the files ``names`` mapped."""
+    """Return whether a running process ``pid`` has one of the files ``names`` open."""
     try:
-        maps = (_PROC / str(pid) / "maps").read_text()
+        descriptors = list((_PROC / str(pid) / "fd").iterdir())
     except FileNotFoundError:
         # Without procfs (macOS), a running process with that pid may be a reuse.
         return not (_PROC / "self").exists() and _is_running(pid)
     except OSError:
         # Another user's process, say: it may use the files, so they are left alone.
         return True
-    files = set()
-    for name in names:
-        status = (directory / name).stat()
-        device = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}"
-        files.add((device, str(status.st_ino)))
-    return any(tuple(line.split()[3:5]) in files for line in maps.splitlines())
+    files = {_identity((directory / name).stat()) for name in names}
+    # prometheus_client keeps each file open from its creation on: the mapping comes
+    # later, and CPython's mmap holds a descriptor of its own.
+    for descriptor in descriptors:
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            if _identity(descriptor.stat()) in files:
+                return True
+    return False
+
+
+def _identity(status: os.stat_result) -> tuple[int, int]:
+    return status.st_dev, status.st_ino
 
 
 def _is_running(pid: int) -> bool:
