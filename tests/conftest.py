@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 import pytest
 from prometheus_client import CollectorRegistry
 
-from helpers import require_tool
+from helpers import redis_server, require_tool
 from veza_business_metrics import BusinessMetrics
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
 
 
 def _run_python(code: str, env: dict[str, str] | None = None) -> str:
@@ -52,3 +53,10 @@ def promtool() -> str:
 def run_python() -> Callable[..., str]:
     """Give a function that runs code in a fresh interpreter and returns its stdout."""
     return _run_python
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """Run Debian's redis-server on 127.0.0.1 for one test, and give its URL."""
+    with redis_server(require_tool("redis-server"), tmp_path / "redis") as url:
+        yield url

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from veza_business_metrics import _config
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
     import promql_parser
     from prometheus_client.registry import Collector, CollectorRegistry
@@ -236,6 +236,28 @@ def exposing(registry: CollectorRegistry) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def running(
+    command: Sequence[str], cwd: Path, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a process, writing its output to ``log``, until the block ends; always stop it."""
+    with (
+        log.open("wb") as output,
+        subprocess.Popen(
+            command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=output, stderr=output
+        ) as process,
+    ):
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextlib.contextmanager
 def serving(
     command: Sequence[str],
     ready_url: str,
@@ -247,30 +269,67 @@ def serving(
 
     The block starts once ``ready_url`` answers; the test fails if it never does.
     """
-    with (
-        log.open("wb") as output,
-        subprocess.Popen(
-            command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=output, stderr=output
-        ) as process,
-    ):
+    with running(command, cwd, log, env) as process:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=5):  # noqa: S310
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{command[0]} did not serve {ready_url}:\n{log.read_text()}")
+                time.sleep(0.1)
+        yield process
+
+
+@contextlib.contextmanager
+def redis_server(executable: str, directory: Path) -> Iterator[str]:
+    """Run redis-server on a free port of 127.0.0.1, keeping nothing on disk; yield its URL.
+
+    The block starts once it answers PING; the test fails if it never does.
+    """
+    directory.mkdir()
+    port = free_port()
+    log = directory / "redis.log"
+    command = [executable, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory)]
+    command += ["--save", "", "--appendonly", "no", "--logfile", str(log)]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) as process:
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(ready_url, timeout=5):  # noqa: S310
-                        break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        pytest.fail(f"{command[0]} did not serve {ready_url}:\n{log.read_text()}")
-                    time.sleep(0.1)
-            yield process
+            deadline = time.monotonic() + 30
+            while not _answers_ping(port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"redis-server did not answer on port {port}:\n{log.read_text()}")
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
         finally:
             process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            process.wait(timeout=30)
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(16) == b"+PONG\r\n"
+    except OSError:
+        return False
+
+
+def listening_processes(port: int, pids: Iterable[int]) -> set[int]:
+    """Return which of ``pids`` hold a TCP socket that listens on ``port``."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state, inode = (line.split()[index] for index in (1, 3, 9))
+            if state == "0A" and int(local.rpartition(":")[2], 16) == port:
+                sockets.add(f"socket:[{inode}]")
+    holders = set()
+    for pid in pids:
+        for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # closed while we looked
+                if str(descriptor.readlink()) in sockets:
+                    holders.add(pid)
+    return holders
 
 
 def promtool_ok(promtool: str, *arguments: str, cwd: Path | None = None) -> str:
