@@ -546,6 +546,13 @@ def gunicorn_shop(gunicorn: str, *options: str, app: str = "app:app") -> list[st
     return [gunicorn, "--no-control-socket", "--config", config, *options, app]
 
 
+def files_by_type(directory: Path) -> dict[str, int]:
+    """Count the metrics files in ``directory`` by type."""
+    return dict(
+        collections.Counter(path.name.partition("_")[0] for path in directory.glob("[!.]*_*"))
+    )
+
+
 def add(total: Series, change: Series) -> Series:
     """Return ``total`` with ``change`` added, series by series."""
     return {**total, **{k: total.get(k, 0.0) + value for k, value in change.items()}}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import os
 import signal
@@ -27,6 +26,7 @@ from helpers import (
     check_app,
     drive_every_route,
     fetch,
+    files_by_type,
     free_port,
     gunicorn_shop,
     key,
@@ -80,13 +80,6 @@ def test_flask_app_under_gunicorn(tmp_path: Path) -> None:
     metrics_url = f"http://127.0.0.1:{port}/metrics"
     with serving(command, metrics_url, EXAMPLES, tmp_path / "log"):
         check_app(f"http://127.0.0.1:{port}", metrics_url)
-
-
-def files_by_type(directory: Path) -> dict[str, int]:
-    """Count the metrics files in ``directory`` by type."""
-    return dict(
-        collections.Counter(path.name.partition("_")[0] for path in directory.glob("[!.]*_*"))
-    )
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
