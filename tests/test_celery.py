@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,14 @@ def test_importing_the_package_does_not_import_celery(run_python: Callable[..., 
         "print(sorted(name for name in sys.modules if name.partition('.')[0] == 'celery'))"
     )
     assert printed == "[]\n"
+
+
+def test_celery_is_an_optional_extra() -> None:
+    """The package depends on Celery only through its celery extra."""
+    with (Path(__file__).resolve().parent.parent / "pyproject.toml").open("rb") as file:
+        project = tomllib.load(file)["project"]
+    assert not [name for name in project["dependencies"] if name.startswith("celery")]
+    assert project["optional-dependencies"]["celery"] == ["celery>=5.7"]
 
 
 @pytest.mark.parametrize(
