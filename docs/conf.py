@@ -30,7 +30,7 @@ napoleon_numpy_docstring = False
 
 # Without network there is no intersphinx: references into the standard library and
 # other projects stay unlinked, while every reference into this package must resolve.
-OTHER_PROJECTS = [*sorted(sys.stdlib_module_names), "prometheus_client", "pytest"]
+OTHER_PROJECTS = [*sorted(sys.stdlib_module_names), "celery", "prometheus_client", "pytest"]
 nitpick_ignore_regex = [
     ("py:.*", rf"({'|'.join(OTHER_PROJECTS)})\..+"),
     # The same classes, named as the modules import them for type checking.
