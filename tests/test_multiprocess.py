@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
+import functools
+import math
+import operator
 import os
+import random
 import shutil
 import signal
 import struct
@@ -15,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from prometheus_client import CollectorRegistry
@@ -547,6 +552,315 @@ def test_is_running_tells_live_from_dead_pids(workers: list[Worker], directory: 
     (dead,) = dead_workers(directory, workers, [1])
     assert multiprocess._is_running(os.getpid())
     assert not multiprocess._is_running(dead.pid)
+
+
+def test_a_hidden_process_that_runs_keeps_its_files(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Where procfs hides a process (hidepid), a pid that runs keeps its files."""
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    monkeypatch.setattr(multiprocess, "_PROC", proc)
+    (dead,) = dead_workers(directory, workers, [1])
+    live = Worker(directory)
+    workers.append(live)
+    assert multiprocess.sweep(directory) == 1
+    multiprocess.mark_process_dead(live.pid, directory)
+    assert f"counter_{live.pid}.db" in names(directory)
+    assert f"counter_{dead.pid}.db" not in names(directory)
+
+
+def test_mark_process_dead_refuses_a_pid_that_is_not_an_int(directory: Path) -> None:
+    """A pid given as a str or a bool raises TypeError instead of merging nothing."""
+    for pid in ("123", True, 1.0):
+        with pytest.raises(TypeError, match="pid must be an int, got"):
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[arg-type]
+
+
+# Starts a process that writes a live gauge under its own pid and keeps it, then waits.
+LIVE_GAUGE = textwrap.dedent("""
+    import os, sys
+    from prometheus_client import Gauge
+    Gauge("in_flight", "Live.", multiprocess_mode="livesum").set(2)
+    print(os.getpid(), flush=True)
+    sys.stdin.readline()
+""")
+
+
+def test_a_late_call_for_a_reused_pid_keeps_the_live_gauge(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A dead worker's leftovers merge, but the new process with its pid keeps its gauges."""
+    (dead,) = dead_workers(directory, workers, [3])
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    with subprocess.Popen(
+        [sys.executable, "-c", LIVE_GAUGE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    ) as heir:
+        assert heir.stdin is not None
+        assert heir.stdout is not None
+        pid = int(heir.stdout.readline())
+        move_files(directory, dead.pid, pid)
+        multiprocess.mark_process_dead(pid, directory)
+        assert names(directory) == {
+            f"gauge_livesum_{pid}.db",
+            "counter_archive.db",
+            "histogram_archive.db",
+        }
+        assert scrape(directory) == {**worker_samples(3), ("in_flight", ()): 2.0}
+        heir.stdin.close()
+        assert heir.wait(timeout=30) == 0
+    multiprocess.mark_process_dead(pid, directory)
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+
+
+def test_only_the_files_in_use_are_given_back(directory: Path, workers: list[Worker]) -> None:
+    """A new process that continues one file of a dead pid keeps it; the stale rest merge."""
+    (dead,) = dead_workers(directory, workers, [3])
+
+    def continue_the_counter_only(pid: int) -> None:
+        (directory / f"counter_{dead.pid}.db").rename(directory / f"counter_{pid}.db")
+
+    heir = Worker(directory, before_open=continue_the_counter_only)
+    workers.append(heir)
+    # The heir opened the dead worker's counter file and a histogram file of its own;
+    # the dead worker's histogram file is stale, under the heir's pid.
+    (directory / f"histogram_{heir.pid}.db").rename(directory / "heirs-own")
+    (directory / f"histogram_{dead.pid}.db").rename(directory / f"histogram_{heir.pid}.db")
+    multiprocess.mark_process_dead(heir.pid, directory)
+    (directory / "heirs-own").rename(directory / f"histogram_{heir.pid}.db")
+    assert names(directory) == {
+        f"counter_{heir.pid}.db",
+        f"histogram_{heir.pid}.db",
+        "histogram_archive.db",
+    }
+    heir.record(2)
+    assert scrape(directory) == worker_samples(5)
+
+
+def test_a_directory_named_with_glob_characters_loses_its_live_gauges(tmp_path: Path) -> None:
+    """Live gauges of a dead process are removed even where the path has [ ] * or ?."""
+    directory = tmp_path / "metrics[1]*?"
+    directory.mkdir()
+    code = "import os\nfrom prometheus_client import Gauge\n"
+    code += "Gauge('g', 'G.', multiprocess_mode='liveall').set(1)\nprint(os.getpid())"
+    pid = int(run_in_directory(directory, code))
+    multiprocess.mark_process_dead(pid, directory)
+    assert names(directory) == set()
+
+
+# Takes the shared lock as a scrape does, forks a child that sleeps, then lets go.
+FORK_DURING_A_SCRAPE = textwrap.dedent("""
+    import fcntl, os, sys, time
+    from pathlib import Path
+    from veza_business_metrics import multiprocess
+
+    with multiprocess._locked(Path(sys.argv[1]), fcntl.LOCK_SH):
+        child = os.fork()
+        if child == 0:
+            os.closerange(0, 3)  # so that the test does not wait for it to read the output
+            time.sleep(60)
+            os._exit(0)
+    print(child, flush=True)
+""")
+
+
+def test_a_process_forked_during_a_scrape_does_not_keep_the_lock(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A child forked while its parent holds the lock does not go on holding it."""
+    (dead,) = dead_workers(directory, workers, [2])
+    forked = subprocess.run(
+        [sys.executable, "-c", FORK_DURING_A_SCRAPE, str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    child = int(forked.stdout)
+    try:
+        descriptor = os.open(directory / multiprocess.LOCK_FILE, os.O_RDWR)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if held
+        finally:
+            os.close(descriptor)
+        multiprocess.mark_process_dead(dead.pid, directory)
+        assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_merge_from_a_signal_handler_during_a_merge_does_not_deadlock(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal handler that merges during a merge, as old gunicorns do, merges both."""
+    outer, inner = dead_workers(directory, workers, [2, 3])
+    previous = signal.signal(
+        signal.SIGUSR1, lambda *_: multiprocess.mark_process_dead(inner.pid, directory)
+    )
+    fsync = os.fsync
+
+    def interrupted_fsync(descriptor: int) -> None:
+        monkeypatch.setattr(os, "fsync", fsync)
+        signal.raise_signal(signal.SIGUSR1)
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", interrupted_fsync)
+    try:
+        multiprocess.mark_process_dead(outer.pid, directory)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert scrape(directory) == worker_samples(5)
+
+
+def test_a_file_opened_just_before_its_claim_is_given_back(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that its process opened after the first look, but before the claim, stays."""
+    live = Worker(directory)
+    workers.append(live)
+    live.record(2)
+    in_use = multiprocess._in_use
+    looks: list[int] = []
+
+    def opened_after_the_first_look(pid: int, directory: Path, names: list[str]) -> set[str]:
+        looks.append(pid)
+        return set() if len(looks) == 1 else in_use(pid, directory, names)
+
+    monkeypatch.setattr(multiprocess, "_in_use", opened_after_the_first_look)
+    multiprocess.mark_process_dead(live.pid, directory)
+    assert looks == [live.pid, live.pid]
+    assert names(directory) == {f"counter_{live.pid}.db", f"histogram_{live.pid}.db"}
+    live.record(1)
+    assert scrape(directory) == worker_samples(3)
+
+
+def test_a_forked_child_forgets_the_locks_of_its_parent(directory: Path) -> None:
+    """After a fork, the child closes its copies of the lock's descriptors and resets."""
+    # What a fork does while this process holds the lock, short of the fork itself: the
+    # child runs the hook with the descriptors of its parent and the opening lock held.
+    with multiprocess._locked(directory, fcntl.LOCK_SH):
+        (descriptor,) = multiprocess._descriptors
+        copy = os.dup(descriptor)
+        multiprocess._descriptors.add(copy)
+        multiprocess._descriptors.discard(descriptor)
+        multiprocess._opening.acquire()
+        multiprocess._forget_locks_after_fork()
+        multiprocess._descriptors.add(descriptor)
+        assert not multiprocess._local.holding
+        assert multiprocess._opening.acquire(blocking=False)
+        multiprocess._opening.release()
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(copy)
+
+
+# Holds the shared lock, as a scrape stopped half-way would, until its stdin closes.
+STUCK_SCRAPE = textwrap.dedent("""
+    import fcntl, sys
+    from pathlib import Path
+    from veza_business_metrics import multiprocess
+
+    with multiprocess._locked(Path(sys.argv[1]), fcntl.LOCK_SH):
+        print("holding", flush=True)
+        sys.stdin.readline()
+""")
+
+
+def test_a_merge_blocked_by_a_stuck_scrape_is_put_off_not_lost(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge gives up waiting after a while; the next merge does what it could not."""
+    monkeypatch.setattr(multiprocess, "_LOCK_TIMEOUT", 0.2)
+    first, second = dead_workers(directory, workers, [2, 3])
+    with subprocess.Popen(
+        [sys.executable, "-c", STUCK_SCRAPE, str(directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as stuck:
+        assert stuck.stdin is not None
+        assert stuck.stdout is not None
+        assert stuck.stdout.readline() == "holding\n"
+        multiprocess.mark_process_dead(first.pid, directory)
+        assert multiprocess.sweep(directory) == 0
+        stuck.stdin.close()
+        assert stuck.wait(timeout=30) == 0
+    assert f"counter_{first.pid}.db" in names(directory)
+    multiprocess.mark_process_dead(second.pid, directory)
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert scrape(directory) == worker_samples(5)
+
+
+def test_a_merge_asked_for_during_a_scrape_runs_after_it(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A merge asked for while this thread scrapes, from a signal handler, runs after it."""
+    (dead,) = dead_workers(directory, workers, [2])
+    with multiprocess._locked(directory.resolve(), fcntl.LOCK_SH):  # as a scrape holds it
+        multiprocess.mark_process_dead(dead.pid, directory)
+        assert f"counter_{dead.pid}.db" in names(directory)
+    assert scrape(directory) == worker_samples(2)
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+
+
+# Records the fractions in argv[2:] on a counter and a histogram, then prints its pid.
+FRACTIONS = textwrap.dedent("""
+    import os, sys
+    from prometheus_client import Counter, Histogram
+    counter = Counter("work_seconds", "Work.")
+    histogram = Histogram("latency_seconds", "Latency.", buckets=(0.5,))
+    for value in map(float, sys.argv[2:]):
+        counter.inc(value)
+        histogram.observe(value)
+    print(os.getpid())
+""")
+
+
+def test_fractional_sums_are_exact_and_never_go_down(directory: Path) -> None:
+    """Fractional totals are the correctly rounded sums, before and after every merge."""
+    generators = map(random.Random, range(4))
+    chunks = [[generator.uniform(0, 1) for _ in range(200)] for generator in generators]
+    pids = [
+        int(
+            subprocess.run(
+                [sys.executable, "-c", FRACTIONS, str(directory), *map(repr, chunk)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+                timeout=60,
+                check=True,
+            ).stdout
+        )
+        for chunk in chunks
+    ]
+    # Each process adds up its own values one by one; the files hold those totals.
+    exact = math.fsum(functools.reduce(operator.add, chunk) for chunk in chunks)
+    for pid in [None, *pids]:
+        if pid is not None:
+            multiprocess.mark_process_dead(pid, directory)
+        totals = scrape(directory)
+        assert totals[("work_seconds_total", ())] == exact
+        assert totals[("latency_seconds_sum", ())] == exact
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+
+
+# Below 1e300, forty values cannot add up past the largest double.
+@given(st.lists(st.floats(min_value=-1e300, max_value=1e300), max_size=40))
+def test_partials_add_up_exactly(values: list[float]) -> None:
+    """Adding doubles one by one to partials keeps their exact sum, which fsum rounds."""
+    partials: list[float] = []
+    for value in values:
+        partials = multiprocess._add_exactly(partials, value)
+    assert math.fsum(partials) == math.fsum(values)
+
+
+def test_infinite_values_fall_back_to_a_plain_sum() -> None:
+    """An infinite value, which no exact sum holds, makes the partials its plain sum."""
+    partials = multiprocess._add_exactly([1.0], math.inf)
+    assert partials == [math.inf]
+    assert multiprocess._add_exactly(partials, -math.inf)[0] != 0.0
+    assert math.isnan(multiprocess._sum([math.inf, -math.inf]))
+    assert multiprocess._sum([sys.float_info.max, sys.float_info.max]) == math.inf
 
 
 class WorkersDyingWhileScraped(RuleBasedStateMachine):

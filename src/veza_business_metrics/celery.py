@@ -19,9 +19,7 @@ the main process ever holds the port.
 
 from __future__ import annotations
 
-import functools
 import os
-import threading
 from typing import TYPE_CHECKING
 
 from celery import Celery, signals
@@ -111,7 +109,7 @@ class _Endpoint:
             raise SystemExit(msg)
         try:
             registry = CollectorRegistry()
-            _SweepingCollector(registry, directory, _fork_guard())
+            _SweepingCollector(registry, directory)
             self._server = start_http_server(self._port, self._addr, registry)[0]
         except (OSError, ValueError) as error:
             msg = f"Cannot serve /metrics on {self._addr}:{self._port}: {error}"
@@ -141,30 +139,11 @@ class _Endpoint:
 class _SweepingCollector(multiprocess.MultiProcessCollector):
     """Merge the files of exited processes, then collect every process's metrics."""
 
-    def __init__(
-        self, registry: CollectorRegistry, directory: str, no_fork: threading.Lock
-    ) -> None:
+    def __init__(self, registry: CollectorRegistry, directory: str) -> None:
         self._directory = directory
-        self._no_fork = no_fork
         super().__init__(registry, directory)
 
     def collect(self) -> Iterable[Metric]:
         """Return every family once the files of exited processes are merged."""
-        with self._no_fork:
-            multiprocess.sweep(self._directory)
-            return list(super().collect())
-
-
-@functools.cache
-def _fork_guard() -> threading.Lock:
-    """Return the lock that keeps this process from forking while it scrapes.
-
-    A scrape holds the directory's ``flock`` through a descriptor that a child forked
-    meanwhile would share, and with it the lock, until that child exits: every merge
-    would wait for it. Fork hooks cannot be removed, so they are registered once.
-    """
-    lock = threading.Lock()
-    os.register_at_fork(
-        before=lock.acquire, after_in_parent=lock.release, after_in_child=lock.release
-    )
-    return lock
+        multiprocess.sweep(self._directory)
+        return super().collect()

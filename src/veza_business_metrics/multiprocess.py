@@ -3,7 +3,7 @@
 prometheus_client keeps one file per process and type in ``PROMETHEUS_MULTIPROC_DIR``
 and reads every one of them on every scrape, so a server that recycles its workers
 scrapes slower each day. Here the files of a dead process are merged into one archive
-per type (counter, histogram, summary), which a scrape reads like any other file.
+per type (counter, histogram, summary), which a scrape reads with the live files.
 
 Scrapes and merges exclude each other through an ``fcntl.flock`` on a lock file in the
 directory, so a scrape sees the directory wholly before or wholly after a merge. A merge
@@ -17,16 +17,24 @@ never loses or repeats a count, even when killed at any point:
 
 A scrape counts claimed files that their archive has not absorbed, and skips the others;
 the next merge finishes what a killed one started. A file is only merged once no process
-with its pid has it open (``/proc/<pid>/fd``), from its creation on, which also protects
-a worker that reused a dead worker's pid and continued its file.
+with its pid has it open (``/proc/<pid>/fd``), which prometheus_client does from the file's
+creation on; this also protects a worker that reused a dead worker's pid and continued
+its file.
+
+Sums are exact: the archive keeps each series' total as a sum of doubles that lose
+nothing (Shewchuk's partials), and a scrape adds them and the live files' values with
+``math.fsum``. A total is thus the correctly rounded sum of every value ever recorded,
+the same whichever files were merged, so no series goes down when a worker is merged,
+not even by the last bit of a fractional histogram ``_sum``.
 
 This module relies on these prometheus_client internals, tested on 0.20.0 and the newest
 release: the file names ``<type>_<pid>.db`` and ``gauge_<mode>_<pid>.db``; the file format
 (a 4-byte used length, 4 bytes of padding, then entries of a 4-byte key length, the UTF-8
 key padded with spaces to 8 bytes, a value and a timestamp, both doubles; readers stop at
-the used length); the additivity of counter, histogram and summary values per key;
-``MmapedDict.read_all_values_from_file``; and the ``_path`` attribute of
-``MultiProcessCollector``.
+the used length) and its keys, the JSON of ``[metric name, sample name, labels, help]``;
+the additivity of counter, histogram and summary values per key;
+``MmapedDict.read_all_values_from_file``; ``MultiProcessCollector``'s ``_path``,
+``_read_metrics`` and ``_accumulate_metrics``; and the live gauge modes, ``live*``.
 """
 
 from __future__ import annotations
@@ -34,21 +42,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import re
 import struct
+import threading
+import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import multiprocess as upstream
+from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Iterator, Mapping
+    from collections.abc import Iterable, Iterator
 
-    from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import CollectorRegistry
 
 __all__ = ["MultiProcessCollector", "clear", "mark_process_dead", "sweep"]
@@ -57,11 +68,42 @@ LOCK_FILE: Final = ".veza_business_metrics.lock"
 _ADDITIVE: Final = ("counter", "histogram", "summary")
 _PROCESS_FILE: Final = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(\d+)\.db")
 _LIVE_FILE: Final = re.compile(r"(counter|histogram|summary)_(\d+)\.db")
+_LIVE_GAUGE_FILE: Final = re.compile(r"gauge_live[a-z]+_\d+\.db")
 _CLAIMED_FILE: Final = re.compile(r"(counter|histogram|summary)_(\d+)\.[0-9a-f]{32}\.merging")
-# The archive keeps prometheus_client's format up to the used length, so that the
-# collector reads it like a process's file; what it absorbed follows, after this mark.
-_ABSORBED_MARK: Final = b"VBMA"
+# The archive keeps prometheus_client's format up to the used length, so that its reader
+# reads it like a process's file; the archive's own record follows, after this mark.
+_RECORD_MARK: Final = b"VBMA"
 _PROC: Final = Path("/proc")
+# How long a merge waits for scrapes to let go of the lock before it leaves its work to
+# the next merge: a scrape stopped half-way must not hang a gunicorn master.
+_LOCK_TIMEOUT: Final = 2.0
+
+# The descriptors through which this process takes the lock. A child forked meanwhile
+# gets copies, which would hold the lock until the child exits: it closes them.
+_descriptors: set[int] = set()
+_opening = threading.Lock()
+# Whether this thread holds the lock, and the merges put off: a signal handler (gunicorn
+# before version 24 runs child_exit in one) must not wait for a lock that the code it
+# interrupted holds, and a merge must not wait long for scrapes. Both leave their pids
+# to the next merge of the directory, None standing for a sweep.
+_local = threading.local()
+_deferred: dict[Path, set[int] | None] = {}
+
+
+def _forget_locks_after_fork() -> None:
+    _opening.release()
+    for descriptor in _descriptors:
+        os.close(descriptor)
+    _descriptors.clear()
+    _local.holding = False
+    _deferred.clear()
+
+
+os.register_at_fork(
+    before=_opening.acquire,
+    after_in_parent=_opening.release,
+    after_in_child=_forget_locks_after_fork,
+)
 
 
 class MultiProcessCollector(upstream.MultiProcessCollector):
@@ -81,10 +123,13 @@ class MultiProcessCollector(upstream.MultiProcessCollector):
         super().__init__(registry, path)  # type: ignore[no-untyped-call]
 
     def collect(self) -> Iterable[Metric]:
-        """Return every family, summed over the live files and the archives."""
-        with _locked(self._path, fcntl.LOCK_SH):
-            merged: Iterable[Metric] = self.merge(_readable_files(self._path))  # type: ignore[no-untyped-call]
-            return merged
+        """Return every family, summed exactly over the live files and the archives."""
+        directory = Path(self._path).resolve()
+        with _locked(directory, fcntl.LOCK_SH):
+            families = _collect(directory)
+        if directory in _deferred:  # a signal handler asked for a merge meanwhile
+            _compact(directory, set())
+        return families
 
 
 def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> None:
@@ -92,16 +137,21 @@ def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> N
 
     Call it from gunicorn's ``child_exit`` hook, or wherever a host learns that one of
     its worker processes has exited. Gauge files other than live ones stay, as
-    prometheus_client's own ``mark_process_dead`` leaves them.
+    prometheus_client's own ``mark_process_dead`` leaves them. Files that a running
+    process with that pid has open, as a new worker that reused the pid may, stay too.
 
     Args:
         pid: The process that exited.
         path: The multiprocess directory; ``PROMETHEUS_MULTIPROC_DIR`` by default.
 
     Raises:
+        TypeError: If ``pid`` is not an int.
         ValueError: If ``path`` is not given and the variable is not set.
     """
-    _compact(_directory(path), {pid})
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        msg = f"pid must be an int, got {type(pid).__name__} {pid!r}"
+        raise TypeError(msg)
+    _compact(_directory(path), {int(pid)})
 
 
 def sweep(path: str | os.PathLike[str] | None = None) -> int:
@@ -152,58 +202,133 @@ def _directory(path: str | os.PathLike[str] | None) -> Path:
         if not path:
             msg = "path was not given and PROMETHEUS_MULTIPROC_DIR is not set"
             raise ValueError(msg)
-    return Path(path)
+    return Path(path).resolve()
 
 
 @contextlib.contextmanager
-def _locked(directory: str | os.PathLike[str], operation: int) -> Iterator[None]:
-    descriptor = os.open(Path(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+def _locked(directory: Path, operation: int, timeout: float | None = None) -> Iterator[bool]:
+    """Hold the directory's lock while the block runs; give whether it was taken in time."""
+    with _opening:
+        descriptor = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        _descriptors.add(descriptor)
     try:
-        fcntl.flock(descriptor, operation)
-        yield
+        if timeout is None:
+            fcntl.flock(descriptor, operation)
+            taken = True
+        else:
+            taken = _flock_before(descriptor, operation, time.monotonic() + timeout)
+        _local.holding = taken
+        yield taken
     finally:
-        os.close(descriptor)
+        _local.holding = False
+        with _opening:
+            _descriptors.discard(descriptor)
+            os.close(descriptor)
 
 
-def _readable_files(directory: str) -> list[str]:
-    files = list(os.scandir(directory))
-    names = [file.name for file in files]
-    # prometheus_client creates a file empty, then sizes it: until then it holds
-    # nothing, and its reader would fail on it.
-    readable = [file.name for file in files if file.name.endswith(".db") and file.stat().st_size]
-    claimed = [name for name in names if _CLAIMED_FILE.fullmatch(name)]
-    if claimed:
-        # Only a merge killed half-way leaves claimed files behind.
-        absorbed = {name for kind in _ADDITIVE for name in _read_archive(directory, kind)[1]}
-        readable += [name for name in claimed if name not in absorbed]
-    return [os.fspath(Path(directory, name)) for name in readable]
+def _flock_before(descriptor: int, operation: int, deadline: float) -> bool:
+    while True:
+        try:
+            fcntl.flock(descriptor, operation | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        else:
+            return True
 
 
-def _archive(directory: str | os.PathLike[str], kind: str) -> Path:
-    return Path(directory, f"{kind}_archive.db")
+def _collect(directory: Path) -> Iterable[Metric]:
+    names = []
+    gauges = []
+    for file in os.scandir(directory):
+        # prometheus_client creates a file empty, then sizes it: until then it holds
+        # nothing, and its reader would fail on it.
+        if file.name.startswith("gauge_") and file.name.endswith(".db") and file.stat().st_size:
+            gauges.append(file.path)
+        else:
+            names.append(file.name)
+    metrics: dict[str, Metric] = upstream.MultiProcessCollector._read_metrics(gauges)  # type: ignore[no-untyped-call]  # noqa: SLF001
+    samples: dict[tuple[str, str, str, tuple[tuple[str, str], ...]], list[float]] = {}
+    for (kind, key), parts in _additive_values(directory, names).items():
+        metric_name, name, labels, help_text = json.loads(key)
+        if metric_name not in metrics:
+            metrics[metric_name] = Metric(metric_name, help_text, kind)
+        # Keys that differ only by help text name one series: sum them exactly too.
+        series = (metric_name, kind, name, tuple(sorted(labels.items())))
+        samples.setdefault(series, []).extend(parts)
+    for (metric_name, _, name, labels), parts in samples.items():
+        metrics[metric_name].add_sample(name, labels, _sum(parts))  # type: ignore[arg-type]
+    families: Iterable[Metric] = upstream.MultiProcessCollector._accumulate_metrics(metrics, True)  # type: ignore[no-untyped-call]  # noqa: FBT003, SLF001
+    return families
 
 
-def _read_archive(
-    directory: str | os.PathLike[str], kind: str
-) -> tuple[dict[str, float], set[str]]:
+def _additive_values(directory: Path, names: list[str]) -> dict[tuple[str, str], list[float]]:
+    """Return what the archives and the files ``names`` hold of each additive key."""
+    absorbed: set[str] = set()
+    values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for kind in _ADDITIVE:
+        partials, kind_absorbed = _read_archive(directory, kind)
+        absorbed |= kind_absorbed
+        for key, parts in partials.items():
+            values[kind, key] += parts
+    for name in names:
+        if _LIVE_FILE.fullmatch(name) or (_CLAIMED_FILE.fullmatch(name) and name not in absorbed):
+            kind = name.partition("_")[0]
+            for key, value in _values(directory / name).items():
+                values[kind, key].append(value)
+    return values
+
+
+def _sum(parts: list[float]) -> float:
+    """Return the correctly rounded sum of ``parts``, or their plain sum if it has none."""
+    try:
+        return math.fsum(parts)
+    except (OverflowError, ValueError):  # past the largest double, or inf and -inf
+        return sum(parts)
+
+
+def _add_exactly(partials: list[float], value: float) -> list[float]:
+    """Add ``value`` to ``partials``, doubles whose exact sum is a running total.
+
+    It is Shewchuk's algorithm, which ``math.fsum`` runs inside: the partials never
+    overlap, so their exact sum, which ``math.fsum`` rounds correctly, loses nothing.
+    """
+    if not math.isfinite(value) or not all(map(math.isfinite, partials)):
+        return [_sum([*partials, value])]
+    kept = []
+    for partial in partials:
+        high, low = (value, partial) if abs(value) >= abs(partial) else (partial, value)
+        value = high + low
+        error = low - (value - high)
+        if error:
+            kept.append(error)
+    return [*kept, value]
+
+
+def _archive(directory: Path, kind: str) -> Path:
+    return directory / f"{kind}_archive.db"
+
+
+def _read_archive(directory: Path, kind: str) -> tuple[dict[str, list[float]], set[str]]:
+    """Return the partials of each key in the archive of ``kind``, and what it absorbed."""
     path = _archive(directory, kind)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return {}, set()
     (used,) = struct.unpack_from("i", data)
-    mark = data[used : used + len(_ABSORBED_MARK)]
-    if mark != _ABSORBED_MARK:
+    if data[used : used + len(_RECORD_MARK)] != _RECORD_MARK:
         msg = f"{path} is not an archive written by veza_business_metrics"
         raise ValueError(msg)
-    (length,) = struct.unpack_from("I", data, used + len(_ABSORBED_MARK))
-    start = used + len(_ABSORBED_MARK) + 4
-    absorbed = set(json.loads(data[start : start + length]))
-    return _values(path), absorbed
+    (length,) = struct.unpack_from("I", data, used + len(_RECORD_MARK))
+    start = used + len(_RECORD_MARK) + 4
+    record = json.loads(data[start : start + length])
+    return record["partials"], set(record["absorbed"])
 
 
-def _values(path: str | os.PathLike[str]) -> dict[str, float]:
-    if not Path(path).stat().st_size:  # killed between creating its file and sizing it
+def _values(path: Path) -> dict[str, float]:
+    if not path.stat().st_size:  # killed between creating its file and sizing it
         return {}
     return {
         key: value
@@ -211,44 +336,71 @@ def _values(path: str | os.PathLike[str]) -> dict[str, float]:
     }
 
 
-def _encode(values: Mapping[str, float], absorbed: Collection[str]) -> bytes:
+def _encode(partials: dict[str, list[float]], absorbed: list[str]) -> bytes:
     data = bytearray(8)
-    for key, value in values.items():
+    for key, parts in partials.items():
         encoded = key.encode("utf-8")
         padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
-        data += struct.pack(f"i{len(padded)}sdd", len(encoded), padded, value, 0.0)
+        data += struct.pack(f"i{len(padded)}sdd", len(encoded), padded, _sum(parts), 0.0)
     struct.pack_into("i", data, 0, len(data))
-    trailer = json.dumps(sorted(absorbed)).encode("utf-8")
-    return bytes(data) + _ABSORBED_MARK + struct.pack("I", len(trailer)) + trailer
+    record = json.dumps({"absorbed": sorted(absorbed), "partials": partials}).encode("utf-8")
+    return bytes(data) + _RECORD_MARK + struct.pack("I", len(record)) + record
 
 
 def _compact(directory: Path, pids: set[int] | None) -> int:
-    """Merge the files of ``pids``, or of every dead process; return how many processes."""
-    with _locked(directory, fcntl.LOCK_EX):
-        names = [file.name for file in directory.iterdir()]
-        pending = _unfinished_claims(directory, names)
-        merged = {_pid(name) for claims in pending.values() for name in claims}
-        for pid, files in _files_by_pid(names, pids).items():
-            # A sweep leaves running processes' files alone instead of claiming them.
-            if pids is None and _holds(pid, directory, files):
-                continue
-            claims = _claim(directory, pid, files)
-            if claims is None:
-                continue
-            upstream.mark_process_dead(pid, os.fspath(directory))  # type: ignore[no-untyped-call]
-            for name in claims:
-                pending[name.partition("_")[0]].append(name)
-                merged.add(pid)
-        # Claims must be on disk before an archive that absorbs them, and archives
-        # before the claims they absorbed are unlinked.
-        _sync(directory)
-        for kind, claims in pending.items():
-            _absorb(directory, kind, claims)
-        _sync(directory)
-        for claims in pending.values():
-            for name in claims:
-                (directory / name).unlink()
-        return len(merged)
+    """Merge the files of ``pids``, or of every dead process; return how many processes.
+
+    The merges put off for the directory run too, and so do those that a signal handler
+    asks for meanwhile.
+    """
+    merged = 0
+    while not getattr(_local, "holding", False):
+        with _locked(directory, fcntl.LOCK_EX, _LOCK_TIMEOUT) as taken:
+            if taken:
+                merged += _merge(directory, _with_deferred(directory, pids))
+        if not taken:
+            break
+        if directory not in _deferred:
+            return merged
+        pids = set()
+    _defer(directory, pids)
+    return merged
+
+
+def _defer(directory: Path, pids: set[int] | None) -> None:
+    # Without a lock: a signal handler may run this while its thread holds any lock.
+    _deferred[directory] = _with_deferred(directory, pids)
+
+
+def _with_deferred(directory: Path, pids: set[int] | None) -> set[int] | None:
+    waiting = _deferred.pop(directory, set())
+    return None if pids is None or waiting is None else pids | waiting
+
+
+def _merge(directory: Path, pids: set[int] | None) -> int:
+    """Merge the files of ``pids``, or of every dead process, holding the lock."""
+    names = [file.name for file in directory.iterdir()]
+    pending = _unfinished_claims(directory, names)
+    merged = {_pid(name) for claims in pending.values() for name in claims}
+    for pid, files in _files_by_pid(names, pids).items():
+        claims, running = _claim(directory, pid, files)
+        for name in claims:
+            pending[name.partition("_")[0]].append(name)
+            merged.add(pid)
+        if not running:
+            for name in files:
+                if _LIVE_GAUGE_FILE.fullmatch(name):
+                    (directory / name).unlink()
+    # Claims must be on disk before an archive that absorbs them, and archives before
+    # the claims they absorbed are unlinked.
+    _sync(directory)
+    for kind, claims in pending.items():
+        _absorb(directory, kind, claims)
+    _sync(directory)
+    for claims in pending.values():
+        for name in claims:
+            (directory / name).unlink()
+    return len(merged)
 
 
 def _unfinished_claims(directory: Path, names: list[str]) -> dict[str, list[str]]:
@@ -265,7 +417,7 @@ def _unfinished_claims(directory: Path, names: list[str]) -> dict[str, list[str]
             if name in absorbed:
                 (directory / name).unlink()
                 claims.remove(name)
-            elif _holds(_pid(name), directory, [name]):
+            elif _in_use(_pid(name), directory, [name]):
                 # Killed between a claim and its undoing: the file is still in use.
                 (directory / name).rename(directory / f"{kind}_{_pid(name)}.db")
                 claims.remove(name)
@@ -281,45 +433,53 @@ def _files_by_pid(names: list[str], pids: set[int] | None) -> dict[int, list[str
     return files
 
 
-def _claim(directory: Path, pid: int, files: list[str]) -> list[str] | None:
-    """Rename the additive files of ``pid`` out of its way; ``None`` if it still uses them."""
+def _claim(directory: Path, pid: int, files: list[str]) -> tuple[list[str], bool]:
+    """Claim the additive files of ``pid`` that no process uses.
+
+    Returns:
+        The claims, and whether a running process with that pid uses any of its files.
+    """
+    in_use = _in_use(pid, directory, files)
     claims = []
     for name in files:
-        if _LIVE_FILE.fullmatch(name):
+        if name not in in_use and _LIVE_FILE.fullmatch(name):
             claim = f"{name[:-3]}.{uuid.uuid4().hex}.merging"
             (directory / name).rename(directory / claim)
             claims.append(claim)
-    # Checked after the claim: a process that reused the pid may have opened the file
-    # until the rename, never after it.
-    if _holds(pid, directory, claims or files):
-        for claim in claims:
-            (directory / claim).rename(directory / f"{claim.partition('.')[0]}.db")
-        return None
-    return claims
+    # Checked again after the claim: a process that reused the pid may have opened a
+    # file until its rename, never after it. Only that process could have created the
+    # name again, and it did not, since it holds the claimed file.
+    taken_back = _in_use(pid, directory, claims)
+    for claim in taken_back:
+        (directory / claim).rename(directory / f"{claim.partition('.')[0]}.db")
+    return [claim for claim in claims if claim not in taken_back], bool(in_use or taken_back)
 
 
 def _pid(claim: str) -> int:
     return int(claim.partition(".")[0].rpartition("_")[2])
 
 
-def _holds(pid: int, directory: Path, names: list[str]) -> bool:
-    """Return whether a running process ``pid`` has one of the files ``names`` open."""
+def _in_use(pid: int, directory: Path, names: list[str]) -> set[str]:
+    """Return which of the files ``names`` a running process ``pid`` has open."""
+    if not names:
+        return set()
     try:
         descriptors = list((_PROC / str(pid) / "fd").iterdir())
     except FileNotFoundError:
-        # Without procfs (macOS), a running process with that pid may be a reuse.
-        return not (_PROC / "self").exists() and _is_running(pid)
+        # No such process, or one that procfs hides (hidepid, or no procfs at all, as on
+        # macOS): a running process may be a reuse of the pid, so it keeps every file.
+        return set(names) if _is_running(pid) else set()
     except OSError:
         # Another user's process, say: it may use the files, so they are left alone.
-        return True
-    files = {_identity((directory / name).stat()) for name in names}
-    # prometheus_client keeps each file open from its creation on: the mapping comes
-    # later, and CPython's mmap holds a descriptor of its own.
+        return set(names)
+    identities = {_identity((directory / name).stat()): name for name in names}
+    in_use = set()
     for descriptor in descriptors:
         with contextlib.suppress(FileNotFoundError):  # closed meanwhile
-            if _identity(descriptor.stat()) in files:
-                return True
-    return False
+            name = identities.get(_identity(descriptor.stat()))
+            if name is not None:
+                in_use.add(name)
+    return in_use
 
 
 def _identity(status: os.stat_result) -> tuple[int, int]:
@@ -339,11 +499,11 @@ def _absorb(directory: Path, kind: str, claims: list[str]) -> None:
     """Replace the archive of ``kind`` with one that adds the values of ``claims``."""
     if not claims:
         return
-    values = _read_archive(directory, kind)[0]
+    partials = _read_archive(directory, kind)[0]
     for name in claims:
         for key, value in _values(directory / name).items():
-            values[key] = values.get(key, 0.0) + value
-    data = memoryview(_encode(values, claims))
+            partials[key] = _add_exactly(partials.get(key, []), value)
+    data = memoryview(_encode(partials, claims))
     temporary = directory / f"{kind}_archive.{uuid.uuid4().hex}.tmp"
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
