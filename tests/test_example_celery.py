@@ -195,6 +195,7 @@ def library_error(name: str, args: list[Any]) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_celery_recycled_and_killed_pool_processes_count_exactly(
     tmp_path: Path, redis_url: str
 ) -> None:

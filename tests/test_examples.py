@@ -82,6 +82,7 @@ def test_flask_app_under_gunicorn(tmp_path: Path) -> None:
         check_app(f"http://127.0.0.1:{port}", metrics_url)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
 def test_gunicorn_recycling_workers_stay_exact_and_bounded(tmp_path: Path, preload: bool) -> None:  # noqa: FBT001
     """Recycled and SIGKILLed workers: scrapes never go down, end exact, files stay bounded."""
