@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from prometheus_client import CollectorRegistry
 
-from helpers import redis_server, require_tool
+from helpers import Worker, redis_server, require_tool
 from veza_business_metrics import BusinessMetrics
 
 if TYPE_CHECKING:
@@ -60,3 +60,14 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     """Run Debian's redis-server on 127.0.0.1 for one test, and give its URL."""
     with redis_server(require_tool("redis-server"), tmp_path / "redis") as url:
         yield url
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """Give a list to put recording processes in; every one is reaped at the end."""
+    started: list[Worker] = []
+    try:
+        yield started
+    finally:
+        for worker in started:
+            worker.close()

@@ -88,17 +88,6 @@ def build_worker() -> Iterator[Callable[[Celery], WorkController]]:
             worker.stop()
 
 
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    """Give a list to put recording processes in; every one is reaped at the end."""
-    started: list[Worker] = []
-    try:
-        yield started
-    finally:
-        for worker in started:
-            worker.close()
-
-
 def test_importing_the_package_does_not_import_celery(run_python: Callable[..., str]) -> None:
     """Celery is an optional extra: the package and its other modules never import it."""
     printed = run_python(

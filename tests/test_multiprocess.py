@@ -31,8 +31,6 @@ from helpers import Worker, samples, worker_samples
 from veza_business_metrics import multiprocess
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from prometheus_client.registry import Collector
 
     from helpers import Series
@@ -71,17 +69,6 @@ def directory(tmp_path: Path) -> Path:
     path = tmp_path / "metrics"
     path.mkdir()
     return path
-
-
-@pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    """Give a list to put started workers in; every one is reaped at the end."""
-    started: list[Worker] = []
-    try:
-        yield started
-    finally:
-        for worker in started:
-            worker.close()
 
 
 def dead_workers(directory: Path, workers: list[Worker], counts: list[int]) -> list[Worker]:
