@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import fcntl
 import functools
 import math
@@ -16,8 +17,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given, settings
@@ -31,6 +33,8 @@ from helpers import Worker, samples, worker_samples
 from veza_business_metrics import multiprocess
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from prometheus_client.registry import Collector
 
     from helpers import Series
@@ -722,23 +726,162 @@ def test_a_file_opened_just_before_its_claim_is_given_back(
     assert scrape(directory) == worker_samples(3)
 
 
+def test_a_live_gauge_opened_just_before_its_claim_is_given_back(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live gauge that a reused pid's process opened after the first look stays."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    with subprocess.Popen(
+        [sys.executable, "-c", LIVE_GAUGE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    ) as heir:
+        assert heir.stdin is not None
+        assert heir.stdout is not None
+        pid = int(heir.stdout.readline())
+        in_use = multiprocess._in_use
+        looks: list[int] = []
+
+        def opened_after_the_first_look(pid: int, directory: Path, names: list[str]) -> set[str]:
+            looks.append(pid)
+            return set() if len(looks) == 1 else in_use(pid, directory, names)
+
+        monkeypatch.setattr(multiprocess, "_in_use", opened_after_the_first_look)
+        multiprocess.mark_process_dead(pid, directory)
+        assert names(directory) == {f"gauge_livesum_{pid}.db"}
+        assert scrape(directory) == {("in_flight", ()): 2.0}
+        heir.stdin.close()
+        assert heir.wait(timeout=30) == 0
+
+
 def test_a_forked_child_forgets_the_locks_of_its_parent(directory: Path) -> None:
     """After a fork, the child closes its copies of the lock's descriptors and resets."""
     # What a fork does while this process holds the lock, short of the fork itself: the
-    # child runs the hook with the descriptors of its parent and the opening lock held.
+    # child runs its hook with copies of its parent's descriptors and the guard held.
     with multiprocess._locked(directory, fcntl.LOCK_SH):
         (descriptor,) = multiprocess._descriptors
         copy = os.dup(descriptor)
+        multiprocess._descriptors.clear()
         multiprocess._descriptors.add(copy)
-        multiprocess._descriptors.discard(descriptor)
-        multiprocess._opening.acquire()
-        multiprocess._forget_locks_after_fork()
+        parents = multiprocess._opening
+        multiprocess._before_fork()
+        multiprocess._after_fork_in_child()
+        parents.release()
         multiprocess._descriptors.add(descriptor)
+        assert multiprocess._opening is not parents
         assert not multiprocess._local.holding
-        assert multiprocess._opening.acquire(blocking=False)
-        multiprocess._opening.release()
         with pytest.raises(OSError, match="Bad file descriptor"):
             os.fstat(copy)
+
+
+@pytest.mark.timeout(60)
+def test_a_merge_from_a_signal_handler_while_opening_the_lock_does_not_deadlock(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal handler that merges while a merge opens the lock file merges after it."""
+    first, second = dead_workers(directory, workers, [1, 2])
+    previous = signal.signal(
+        signal.SIGUSR1, lambda *_: multiprocess.mark_process_dead(second.pid, directory)
+    )
+    real_open = os.open
+
+    def interrupted_open(*arguments: Any, **keywords: Any) -> int:
+        monkeypatch.setattr(os, "open", real_open)
+        signal.raise_signal(signal.SIGUSR1)
+        return real_open(*arguments, **keywords)
+
+    monkeypatch.setattr(os, "open", interrupted_open)
+    try:
+        multiprocess.mark_process_dead(first.pid, directory)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert scrape(directory) == worker_samples(3)
+
+
+# Merges argv[2] as a SIGCHLD handler would between the fork hooks, where the hooks hold
+# the guard of the lock's descriptors.
+MERGE_DURING_FORK_HOOKS = textwrap.dedent("""
+    import sys
+    from veza_business_metrics import multiprocess
+
+    multiprocess._before_fork()
+    multiprocess.mark_process_dead(int(sys.argv[2]), sys.argv[1])
+    multiprocess._after_fork_in_parent()
+""")
+
+
+def test_a_merge_between_the_fork_hooks_does_not_deadlock(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A merge from a signal handler that runs between the fork hooks goes through."""
+    (dead,) = dead_workers(directory, workers, [2])
+    subprocess.run(
+        [sys.executable, "-c", MERGE_DURING_FORK_HOOKS, str(directory), str(dead.pid)],
+        timeout=60,
+        check=True,
+    )
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+
+
+def test_merges_put_off_at_once_by_many_threads_all_run(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merges that many threads put off at the same moment all run with the next merge."""
+    (dead,) = dead_workers(directory, workers, [1])
+    # Pids above any pid_max: no process has them, and copies of one file cost little.
+    pids = [2**31 - 1 - number for number in range(400)]
+    for pid in pids:
+        for kind in ("counter", "histogram"):
+            shutil.copy(directory / f"{kind}_{dead.pid}.db", directory / f"{kind}_{pid}.db")
+    monkeypatch.setattr(multiprocess, "_flock_before", lambda *_: False)  # scrapes never end
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often enough to interleave the put-offs
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda pid: multiprocess.mark_process_dead(pid, directory), pids))
+    finally:
+        sys.setswitchinterval(previous)
+    assert len(names(directory)) == 2 * 401
+    monkeypatch.undo()
+    multiprocess.mark_process_dead(dead.pid, directory)
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert scrape(directory) == worker_samples(401)
+
+
+def test_pids_beyond_any_process_are_dead(directory: Path, workers: list[Worker]) -> None:
+    """Files named with pid 0 or a pid above 2**31 belong to no process, and merge."""
+    (dead,) = dead_workers(directory, workers, [2])
+    move_files(directory, dead.pid, 0)
+    (other,) = dead_workers(directory, workers, [3])
+    move_files(directory, other.pid, 2**31)
+    assert not multiprocess._is_running(0)
+    assert not multiprocess._is_running(2**31)
+    assert multiprocess.sweep(directory) == 2
+    assert scrape(directory) == worker_samples(5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can become another user")
+def test_a_process_of_another_user_can_scrape(workers: list[Worker]) -> None:
+    """A worker running as another user than the lock file's owner scrapes, as gunicorn's."""
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as temporary:
+        directory = Path(temporary)
+        directory.chmod(0o755)
+        (dead,) = dead_workers(directory, workers, [2])
+        multiprocess.mark_process_dead(dead.pid, directory)  # creates the lock file, 0644
+        # A fork, since this interpreter lies where other users may not run it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
+            child = os.fork()
+        if child == 0:
+            status = 2
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                scraped = scrape(directory)
+                status = 0 if scraped == worker_samples(2) else 1
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
 
 
 # Holds the shared lock, as a scrape stopped half-way would, until its stdin closes.
@@ -753,12 +896,9 @@ STUCK_SCRAPE = textwrap.dedent("""
 """)
 
 
-def test_a_merge_blocked_by_a_stuck_scrape_is_put_off_not_lost(
-    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A merge gives up waiting after a while; the next merge does what it could not."""
-    monkeypatch.setattr(multiprocess, "_LOCK_TIMEOUT", 0.2)
-    first, second = dead_workers(directory, workers, [2, 3])
+@contextlib.contextmanager
+def stuck_scrape(directory: Path) -> Iterator[None]:
+    """Hold the shared lock in another process, as a scrape stopped half-way would."""
     with subprocess.Popen(
         [sys.executable, "-c", STUCK_SCRAPE, str(directory)],
         stdin=subprocess.PIPE,
@@ -768,10 +908,20 @@ def test_a_merge_blocked_by_a_stuck_scrape_is_put_off_not_lost(
         assert stuck.stdin is not None
         assert stuck.stdout is not None
         assert stuck.stdout.readline() == "holding\n"
-        multiprocess.mark_process_dead(first.pid, directory)
-        assert multiprocess.sweep(directory) == 0
+        yield
         stuck.stdin.close()
         assert stuck.wait(timeout=30) == 0
+
+
+def test_a_merge_blocked_by_a_stuck_scrape_is_put_off_not_lost(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge gives up waiting after a while; the next merge does what it could not."""
+    monkeypatch.setattr(multiprocess, "_LOCK_TIMEOUT", 0.2)
+    first, second = dead_workers(directory, workers, [2, 3])
+    with stuck_scrape(directory):
+        multiprocess.mark_process_dead(first.pid, directory)
+        assert multiprocess.sweep(directory) == 0
     assert f"counter_{first.pid}.db" in names(directory)
     multiprocess.mark_process_dead(second.pid, directory)
     assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
@@ -847,6 +997,8 @@ def test_infinite_values_fall_back_to_a_plain_sum() -> None:
     assert partials == [math.inf]
     assert multiprocess._add_exactly(partials, -math.inf)[0] != 0.0
     assert math.isnan(multiprocess._sum([math.inf, -math.inf]))
+    largest = sys.float_info.max
+    assert multiprocess._add_exactly([largest], largest) == [math.inf]
     assert multiprocess._sum([sys.float_info.max, sys.float_info.max]) == math.inf
 
 

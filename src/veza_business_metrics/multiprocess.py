@@ -49,7 +49,7 @@ import struct
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -70,6 +70,7 @@ _PROCESS_FILE: Final = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(
 _LIVE_FILE: Final = re.compile(r"(counter|histogram|summary)_(\d+)\.db")
 _LIVE_GAUGE_FILE: Final = re.compile(r"gauge_live[a-z]+_\d+\.db")
 _CLAIMED_FILE: Final = re.compile(r"(counter|histogram|summary)_(\d+)\.[0-9a-f]{32}\.merging")
+_CLAIMED_GAUGE_FILE: Final = re.compile(r"gauge_live[a-z]+_(\d+)\.[0-9a-f]{32}\.merging")
 # The archive keeps prometheus_client's format up to the used length, so that its reader
 # reads it like a process's file; the archive's own record follows, after this mark.
 _RECORD_MARK: Final = b"VBMA"
@@ -79,19 +80,32 @@ _PROC: Final = Path("/proc")
 _LOCK_TIMEOUT: Final = 2.0
 
 # The descriptors through which this process takes the lock. A child forked meanwhile
-# gets copies, which would hold the lock until the child exits: it closes them.
+# gets copies, which would hold the lock until the child exits: it closes them. The
+# lock that guards the set is reentrant, since a signal handler may run a merge, and
+# so open a descriptor, while the code it interrupted holds it, as gunicorn's before
+# version 24 do when a SIGCHLD comes during the fork hooks.
 _descriptors: set[int] = set()
-_opening = threading.Lock()
-# Whether this thread holds the lock, and the merges put off: a signal handler (gunicorn
-# before version 24 runs child_exit in one) must not wait for a lock that the code it
-# interrupted holds, and a merge must not wait long for scrapes. Both leave their pids
-# to the next merge of the directory, None standing for a sweep.
+_opening = threading.RLock()
+# Whether this thread is taking or holding the lock: a merge that a signal handler asks
+# for meanwhile must not wait for it. It is put off, with a merge that waited too long
+# for scrapes, in its directory's deque: append and popleft are atomic even against
+# signal handlers, and only the merges of that directory, one at a time since each holds
+# its lock, take from it. None stands for a sweep.
 _local = threading.local()
-_deferred: dict[Path, set[int] | None] = {}
+_deferred: dict[str, deque[set[int] | None]] = {}
 
 
-def _forget_locks_after_fork() -> None:
+def _before_fork() -> None:
+    _opening.acquire()
+
+
+def _after_fork_in_parent() -> None:
     _opening.release()
+
+
+def _after_fork_in_child() -> None:
+    global _opening  # noqa: PLW0603  a child starts with a lock that nothing holds
+    _opening = threading.RLock()
     for descriptor in _descriptors:
         os.close(descriptor)
     _descriptors.clear()
@@ -100,9 +114,9 @@ def _forget_locks_after_fork() -> None:
 
 
 os.register_at_fork(
-    before=_opening.acquire,
-    after_in_parent=_opening.release,
-    after_in_child=_forget_locks_after_fork,
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
 )
 
 
@@ -127,7 +141,7 @@ class MultiProcessCollector(upstream.MultiProcessCollector):
         directory = Path(self._path).resolve()
         with _locked(directory, fcntl.LOCK_SH):
             families = _collect(directory)
-        if directory in _deferred:  # a signal handler asked for a merge meanwhile
+        if _is_deferred(directory):  # a signal handler asked for a merge meanwhile
             _compact(directory, set())
         return families
 
@@ -208,22 +222,26 @@ def _directory(path: str | os.PathLike[str] | None) -> Path:
 @contextlib.contextmanager
 def _locked(directory: Path, operation: int, timeout: float | None = None) -> Iterator[bool]:
     """Hold the directory's lock while the block runs; give whether it was taken in time."""
-    with _opening:
-        descriptor = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        _descriptors.add(descriptor)
+    outer = getattr(_local, "holding", False)
+    _local.holding = True
     try:
-        if timeout is None:
-            fcntl.flock(descriptor, operation)
-            taken = True
-        else:
-            taken = _flock_before(descriptor, operation, time.monotonic() + timeout)
-        _local.holding = taken
-        yield taken
-    finally:
-        _local.holding = False
         with _opening:
-            _descriptors.discard(descriptor)
-            os.close(descriptor)
+            # Read-only is enough for flock, and lets processes of another user than the
+            # one that created the file, such as gunicorn's workers, take the lock.
+            descriptor = os.open(directory / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
+            _descriptors.add(descriptor)
+        try:
+            if timeout is None:
+                fcntl.flock(descriptor, operation)
+                yield True
+            else:
+                yield _flock_before(descriptor, operation, time.monotonic() + timeout)
+        finally:
+            with _opening:
+                _descriptors.discard(descriptor)
+                os.close(descriptor)
+    finally:
+        _local.holding = outer
 
 
 def _flock_before(descriptor: int, operation: int, deadline: float) -> bool:
@@ -294,16 +312,16 @@ def _add_exactly(partials: list[float], value: float) -> list[float]:
     It is Shewchuk's algorithm, which ``math.fsum`` runs inside: the partials never
     overlap, so their exact sum, which ``math.fsum`` rounds correctly, loses nothing.
     """
-    if not math.isfinite(value) or not all(map(math.isfinite, partials)):
-        return [_sum([*partials, value])]
+    total = value
     kept = []
     for partial in partials:
-        high, low = (value, partial) if abs(value) >= abs(partial) else (partial, value)
-        value = high + low
-        error = low - (value - high)
+        high, low = (total, partial) if abs(total) >= abs(partial) else (partial, total)
+        total = high + low
+        error = low - (total - high)
         if error:
             kept.append(error)
-    return [*kept, value]
+    # Past the largest double, or with an infinity, no exact sum exists.
+    return [*kept, total] if math.isfinite(total) else [_sum([*partials, value])]
 
 
 def _archive(directory: Path, kind: str) -> Path:
@@ -360,67 +378,68 @@ def _compact(directory: Path, pids: set[int] | None) -> int:
                 merged += _merge(directory, _with_deferred(directory, pids))
         if not taken:
             break
-        if directory not in _deferred:
+        if not _is_deferred(directory):
             return merged
         pids = set()
-    _defer(directory, pids)
+    # A str key, since a Path hashes in Python code that a signal handler could interrupt.
+    _deferred.setdefault(str(directory), deque()).append(pids)
     return merged
 
 
-def _defer(directory: Path, pids: set[int] | None) -> None:
-    # Without a lock: a signal handler may run this while its thread holds any lock.
-    _deferred[directory] = _with_deferred(directory, pids)
+def _is_deferred(directory: Path) -> bool:
+    return bool(_deferred.get(str(directory)))
 
 
 def _with_deferred(directory: Path, pids: set[int] | None) -> set[int] | None:
-    waiting = _deferred.pop(directory, set())
-    return None if pids is None or waiting is None else pids | waiting
+    """Return ``pids`` with those put off for ``directory``, which leave the queue."""
+    waiting = _deferred.get(str(directory), deque())
+    for _ in range(len(waiting)):
+        more = waiting.popleft()
+        pids = None if pids is None or more is None else pids | more
+    return pids
 
 
 def _merge(directory: Path, pids: set[int] | None) -> int:
     """Merge the files of ``pids``, or of every dead process, holding the lock."""
     names = [file.name for file in directory.iterdir()]
     pending = _unfinished_claims(directory, names)
-    merged = {_pid(name) for claims in pending.values() for name in claims}
+    merged = {_pid(name) for name in pending if _CLAIMED_FILE.fullmatch(name)}
     for pid, files in _files_by_pid(names, pids).items():
-        claims, running = _claim(directory, pid, files)
-        for name in claims:
-            pending[name.partition("_")[0]].append(name)
-            merged.add(pid)
-        if not running:
-            for name in files:
-                if _LIVE_GAUGE_FILE.fullmatch(name):
-                    (directory / name).unlink()
+        claims = _claim(directory, pid, files)
+        pending += claims
+        merged.update(pid for name in claims if _CLAIMED_FILE.fullmatch(name))
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    for name in pending:
+        by_kind[name.partition("_")[0]].append(name)
     # Claims must be on disk before an archive that absorbs them, and archives before
-    # the claims they absorbed are unlinked.
+    # the claims they absorbed are unlinked. A live gauge dies with its process.
     _sync(directory)
-    for kind, claims in pending.items():
-        _absorb(directory, kind, claims)
+    for kind in _ADDITIVE:
+        _absorb(directory, kind, by_kind[kind])
     _sync(directory)
-    for claims in pending.values():
-        for name in claims:
-            (directory / name).unlink()
+    for name in pending:
+        (directory / name).unlink()
     return len(merged)
 
 
-def _unfinished_claims(directory: Path, names: list[str]) -> dict[str, list[str]]:
-    """Clean up after a merge that was killed; return its claims that remain to absorb."""
-    pending: dict[str, list[str]] = defaultdict(list)
+def _unfinished_claims(directory: Path, names: list[str]) -> list[str]:
+    """Clean up after a merge that was killed; return its claims that remain to finish."""
+    claims = []
     for name in names:
         if name.endswith(".tmp"):
             (directory / name).unlink()
-        elif _CLAIMED_FILE.fullmatch(name):
-            pending[name.partition("_")[0]].append(name)
-    for kind, claims in pending.items():
-        absorbed = _read_archive(directory, kind)[1]
-        for name in list(claims):
-            if name in absorbed:
-                (directory / name).unlink()
-                claims.remove(name)
-            elif _in_use(_pid(name), directory, [name]):
-                # Killed between a claim and its undoing: the file is still in use.
-                (directory / name).rename(directory / f"{kind}_{_pid(name)}.db")
-                claims.remove(name)
+        elif _CLAIMED_FILE.fullmatch(name) or _CLAIMED_GAUGE_FILE.fullmatch(name):
+            claims.append(name)
+    absorbed = {name for kind in _ADDITIVE for name in _read_archive(directory, kind)[1]}
+    pending = []
+    for name in claims:
+        if name in absorbed:
+            (directory / name).unlink()
+        elif _in_use(_pid(name), directory, [name]):
+            # Killed between a claim and its undoing: the file is still in use.
+            (directory / name).rename(directory / f"{name.partition('.')[0]}.db")
+        else:
+            pending.append(name)
     return pending
 
 
@@ -433,16 +452,12 @@ def _files_by_pid(names: list[str], pids: set[int] | None) -> dict[int, list[str
     return files
 
 
-def _claim(directory: Path, pid: int, files: list[str]) -> tuple[list[str], bool]:
-    """Claim the additive files of ``pid`` that no process uses.
-
-    Returns:
-        The claims, and whether a running process with that pid uses any of its files.
-    """
+def _claim(directory: Path, pid: int, files: list[str]) -> list[str]:
+    """Claim the files of ``pid``, but gauges other than live ones, that no process uses."""
     in_use = _in_use(pid, directory, files)
     claims = []
     for name in files:
-        if name not in in_use and _LIVE_FILE.fullmatch(name):
+        if name not in in_use and (_LIVE_FILE.fullmatch(name) or _LIVE_GAUGE_FILE.fullmatch(name)):
             claim = f"{name[:-3]}.{uuid.uuid4().hex}.merging"
             (directory / name).rename(directory / claim)
             claims.append(claim)
@@ -452,7 +467,7 @@ def _claim(directory: Path, pid: int, files: list[str]) -> tuple[list[str], bool
     taken_back = _in_use(pid, directory, claims)
     for claim in taken_back:
         (directory / claim).rename(directory / f"{claim.partition('.')[0]}.db")
-    return [claim for claim in claims if claim not in taken_back], bool(in_use or taken_back)
+    return [claim for claim in claims if claim not in taken_back]
 
 
 def _pid(claim: str) -> int:
@@ -487,6 +502,9 @@ def _identity(status: os.stat_result) -> tuple[int, int]:
 
 
 def _is_running(pid: int) -> bool:
+    # 0 and negative numbers name process groups for kill(), and no pid is that large.
+    if not 0 < pid < 2**31:
+        return False
     try:
         os.kill(pid, 0)
     except OSError as error:
