@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import subprocess
+import sys
 
 import pytest
 
@@ -35,3 +37,16 @@ def test_unknown_attributes_still_raise_attribute_error() -> None:
     """Looking up the version lazily leaves other missing names an AttributeError."""
     with pytest.raises(AttributeError, match="has no attribute 'record_nothing'"):
         veza_business_metrics.record_nothing  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_importing_the_package_loads_only_its_own_modules() -> None:
+    """After prometheus_client, the import loads nothing but the package's own modules."""
+    program = (
+        "import sys, prometheus_client; before = set(sys.modules);"
+        "import veza_business_metrics; print(*sorted(set(sys.modules) - before))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "veza_business_metrics.metrics" in loaded
+    assert [name for name in loaded if not name.startswith("veza_business_metrics")] == []
