@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import functools
+import json
 import math
 import operator
 import os
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,8 +66,8 @@ def both_families(directory: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def names(directory: Path) -> set[str]:
-    """Return the names of the files in ``directory``, without the lock file."""
-    return {path.name for path in directory.iterdir()} - {multiprocess.LOCK_FILE}
+    """Return the names of the files in ``directory``."""
+    return {path.name for path in directory.iterdir()}
 
 
 @pytest.fixture
@@ -416,6 +419,77 @@ def test_a_process_killed_between_a_claim_and_its_undoing_keeps_its_file(
     assert scrape(directory) == worker_samples(3)
 
 
+def test_a_leftover_claim_never_replaces_the_file_of_a_process_that_reused_its_pid(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A killed merge's claim, whose pid now runs a process with its own file, is merged."""
+    # Without procfs, a pid that runs counts as using the claim: the merge would give it
+    # back, over the new process's file, if it could.
+    monkeypatch.setattr(multiprocess, "_PROC", tmp_path / "no-procfs")
+    (dead,) = dead_workers(directory, workers, [3])
+    heir = Worker(directory)
+    workers.append(heir)
+    heir.record(2)
+    for kind in ("counter", "histogram"):
+        claim = f"{kind}_{heir.pid}.{'0' * 32}.merging"
+        (directory / f"{kind}_{dead.pid}.db").rename(directory / claim)
+    assert scrape(directory) == worker_samples(5)
+    assert multiprocess.sweep(directory) == 1
+    assert names(directory) == {
+        f"counter_{heir.pid}.db",
+        f"histogram_{heir.pid}.db",
+        "counter_archive.db",
+        "histogram_archive.db",
+    }
+    heir.record(1)
+    assert scrape(directory) == worker_samples(6)
+
+
+def test_a_claim_is_not_given_back_over_a_file_created_meanwhile(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim found in use after a new process created its live name is merged instead."""
+    first, second = dead_workers(directory, workers, [3, 2])
+    in_use = multiprocess._in_use
+    looks: list[int] = []
+
+    def created_after_the_claim(pid: int, directory: Path, names: list[str]) -> set[str]:
+        looks.append(pid)
+        if len(looks) == 1:
+            return in_use(pid, directory, names)
+        move_files(directory, second.pid, first.pid)  # the file of a new process
+        return set(names)
+
+    monkeypatch.setattr(multiprocess, "_in_use", created_after_the_claim)
+    multiprocess.mark_process_dead(first.pid, directory)
+    assert names(directory) == {
+        f"counter_{first.pid}.db",
+        f"histogram_{first.pid}.db",
+        "counter_archive.db",
+        "histogram_archive.db",
+    }
+    assert scrape(directory) == worker_samples(5)
+
+
+def test_a_merge_killed_while_giving_a_claim_back_counts_it_once(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A file that is both its claim and its live name, half given back, counts once."""
+    live = Worker(directory)
+    workers.append(live)
+    live.record(2)
+    for kind in ("counter", "histogram"):
+        os.link(
+            directory / f"{kind}_{live.pid}.db",
+            directory / f"{kind}_{live.pid}.{'0' * 32}.merging",
+        )
+    assert scrape(directory) == worker_samples(2)
+    assert multiprocess.sweep(directory) == 0
+    assert names(directory) == {f"counter_{live.pid}.db", f"histogram_{live.pid}.db"}
+    live.record(1)
+    assert scrape(directory) == worker_samples(3)
+
+
 # Merges the pids in argv[2:], in a random order, then sweeps, in the directory argv[1].
 SHUFFLED_MERGES = textwrap.dedent("""
     import random, sys
@@ -498,12 +572,35 @@ def test_collector_refuses_a_missing_directory(tmp_path: Path) -> None:
         multiprocess.MultiProcessCollector(CollectorRegistry(), path=str(tmp_path / "nope"))
 
 
-def test_a_foreign_archive_is_refused(directory: Path) -> None:
+@pytest.mark.parametrize("content", [b"", b"\x08\x00\x00\x00\x00\x00\x00\x00"])
+def test_a_foreign_archive_is_refused(directory: Path, content: bytes) -> None:
     """A file in the archive's place that this module did not write raises ValueError."""
-    (directory / "counter_archive.db").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00")
+    (directory / "counter_archive.db").write_bytes(content)
     (directory / f"counter_1.{'0' * 32}.merging").write_bytes(b"")
     with pytest.raises(ValueError, match=r"counter_archive\.db is not an archive written by"):
         multiprocess.sweep(directory)
+
+
+def test_an_archive_of_another_version_is_refused(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An archive that a release with another format wrote raises ValueError, not a guess."""
+    (dead,) = dead_workers(directory, workers, [1])
+    with monkeypatch.context() as patch:
+        patch.setattr(multiprocess, "_ARCHIVE_VERSION", 2)
+        multiprocess.mark_process_dead(dead.pid, directory)
+    with pytest.raises(ValueError, match=r"archive of version 2, which this release cannot"):
+        scrape(directory)
+
+
+def test_a_merge_leaves_other_temporary_files_alone(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """Only the merges' own temporary archives count as left over; other .tmp files stay."""
+    (directory / "notes.tmp").write_text("not ours")
+    (dead,) = dead_workers(directory, workers, [1])
+    multiprocess.mark_process_dead(dead.pid, directory)
+    assert names(directory) == {"notes.tmp", "counter_archive.db", "histogram_archive.db"}
 
 
 def test_without_procfs_a_running_pid_is_left_alone(
@@ -669,7 +766,7 @@ def test_a_process_forked_during_a_scrape_does_not_keep_the_lock(
     )
     child = int(forked.stdout)
     try:
-        descriptor = os.open(directory / multiprocess.LOCK_FILE, os.O_RDWR)
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if held
         finally:
@@ -772,6 +869,20 @@ def test_a_forked_child_forgets_the_locks_of_its_parent(directory: Path) -> None
             os.fstat(copy)
 
 
+def test_a_forked_child_resets_even_if_a_descriptor_was_closed_already() -> None:
+    """A descriptor that another fork hook closed first does not stop the child's reset."""
+    closed = os.open(os.devnull, os.O_RDONLY)
+    os.close(closed)
+    multiprocess._descriptors.add(closed)
+    multiprocess._local.holding = True
+    parents = multiprocess._opening
+    multiprocess._before_fork()
+    multiprocess._after_fork_in_child()
+    parents.release()
+    assert multiprocess._descriptors == set()
+    assert not multiprocess._local.holding
+
+
 @pytest.mark.timeout(60)
 def test_a_merge_from_a_signal_handler_while_opening_the_lock_does_not_deadlock(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
@@ -859,29 +970,46 @@ def test_pids_beyond_any_process_are_dead(directory: Path, workers: list[Worker]
     assert scrape(directory) == worker_samples(5)
 
 
+def scrape_as_another_user(directory: Path) -> Series:
+    """Return what a process of user nobody, which may not write ``directory``, scrapes."""
+    reading, writing = os.pipe()
+    # A fork, since this interpreter lies where other users may not run it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
+        child = os.fork()
+    if child == 0:
+        status = 1
+        try:
+            os.close(reading)
+            os.setgid(65534)
+            os.setuid(65534)
+            scraped = [[*series, value] for series, value in scrape(directory).items()]
+            os.write(writing, json.dumps(scraped).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(writing)
+    with os.fdopen(reading, "rb") as pipe:
+        output = pipe.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return {(name, tuple(map(tuple, labels))): value for name, labels, value in json.loads(output)}
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can become another user")
 def test_a_process_of_another_user_can_scrape(workers: list[Worker]) -> None:
-    """A worker running as another user than the lock file's owner scrapes, as gunicorn's."""
+    """A worker of another user than the merging master's scrapes, whatever its umask."""
     with tempfile.TemporaryDirectory(dir="/dev/shm") as temporary:
         directory = Path(temporary)
         directory.chmod(0o755)
         (dead,) = dead_workers(directory, workers, [2])
-        multiprocess.mark_process_dead(dead.pid, directory)  # creates the lock file, 0644
-        # A fork, since this interpreter lies where other users may not run it.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
-            child = os.fork()
-        if child == 0:
-            status = 2
-            try:
-                os.setgid(65534)
-                os.setuid(65534)
-                scraped = scrape(directory)
-                status = 0 if scraped == worker_samples(2) else 1
-            finally:
-                os._exit(status)
-        _, status = os.waitpid(child, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert scrape_as_another_user(directory) == worker_samples(2)
+        previous = os.umask(0o077)  # as systemd's UMask=0077 gives a master
+        try:
+            multiprocess.mark_process_dead(dead.pid, directory)
+        finally:
+            os.umask(previous)
+        assert scrape_as_another_user(directory) == worker_samples(2)
 
 
 # Holds the shared lock, as a scrape stopped half-way would, until its stdin closes.
@@ -926,6 +1054,51 @@ def test_a_merge_blocked_by_a_stuck_scrape_is_put_off_not_lost(
     multiprocess.mark_process_dead(second.pid, directory)
     assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
     assert scrape(directory) == worker_samples(5)
+
+
+def test_a_merge_that_fails_keeps_the_merges_it_took_over(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge that raises leaves the merges put off before it to the next one."""
+    monkeypatch.setattr(multiprocess, "_LOCK_TIMEOUT", 0.2)
+    first, second = dead_workers(directory, workers, [2, 3])
+    with stuck_scrape(directory):
+        multiprocess.mark_process_dead(first.pid, directory)
+
+    def failing(directory: Path, _: list[str]) -> list[str]:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(directory))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(multiprocess, "_unfinished_claims", failing)
+        with pytest.raises(OSError, match="Input/output error"):
+            multiprocess.mark_process_dead(second.pid, directory)
+    multiprocess.mark_process_dead(second.pid, directory)
+    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert scrape(directory) == worker_samples(5)
+
+
+def test_after_one_merge_waited_in_vain_the_next_ones_do_not_wait(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a scrape is stuck, only the first of several merges waits for it."""
+    monkeypatch.setattr(multiprocess, "_LOCK_TIMEOUT", 1.0)
+    dead = dead_workers(directory, workers, [1, 2, 3])
+    flock_before = multiprocess._flock_before
+    patience: list[float] = []
+
+    def measured(descriptor: int, operation: int, deadline: float) -> bool:
+        patience.append(deadline - time.monotonic())
+        return flock_before(descriptor, operation, deadline)
+
+    monkeypatch.setattr(multiprocess, "_flock_before", measured)
+    with stuck_scrape(directory):
+        for worker in dead:
+            multiprocess.mark_process_dead(worker.pid, directory)
+    assert len(patience) == 3
+    assert patience[0] > 0.5
+    assert max(patience[1:]) <= 0
+    multiprocess.mark_process_dead(dead[0].pid, directory)
+    assert scrape(directory) == worker_samples(6)
 
 
 def test_a_merge_asked_for_during_a_scrape_runs_after_it(

@@ -5,8 +5,8 @@ and reads every one of them on every scrape, so a server that recycles its worke
 scrapes slower each day. Here the files of a dead process are merged into one archive
 per type (counter, histogram, summary), which a scrape reads with the live files.
 
-Scrapes and merges exclude each other through an ``fcntl.flock`` on a lock file in the
-directory, so a scrape sees the directory wholly before or wholly after a merge. A merge
+Scrapes and merges exclude each other through an ``fcntl.flock`` on the directory
+itself, so a scrape sees the directory wholly before or wholly after a merge. A merge
 never loses or repeats a count, even when killed at any point:
 
 1. it renames each file to merge to a name that no process will ever open again (the
@@ -64,13 +64,15 @@ if TYPE_CHECKING:
 
 __all__ = ["MultiProcessCollector", "clear", "mark_process_dead", "sweep"]
 
-LOCK_FILE: Final = ".veza_business_metrics.lock"
 _ADDITIVE: Final = ("counter", "histogram", "summary")
 _PROCESS_FILE: Final = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(\d+)\.db")
 _LIVE_FILE: Final = re.compile(r"(counter|histogram|summary)_(\d+)\.db")
 _LIVE_GAUGE_FILE: Final = re.compile(r"gauge_live[a-z]+_\d+\.db")
 _CLAIMED_FILE: Final = re.compile(r"(counter|histogram|summary)_(\d+)\.[0-9a-f]{32}\.merging")
 _CLAIMED_GAUGE_FILE: Final = re.compile(r"gauge_live[a-z]+_(\d+)\.[0-9a-f]{32}\.merging")
+_TEMPORARY_ARCHIVE: Final = re.compile(r"(counter|histogram|summary)_archive\.[0-9a-f]{32}\.tmp")
+_ARCHIVE_VERSION: Final = 1
+_HEADER: Final = 8  # prometheus_client's used length and padding
 # The archive keeps prometheus_client's format up to the used length, so that its reader
 # reads it like a process's file; the archive's own record follows, after this mark.
 _RECORD_MARK: Final = b"VBMA"
@@ -78,6 +80,9 @@ _PROC: Final = Path("/proc")
 # How long a merge waits for scrapes to let go of the lock before it leaves its work to
 # the next merge: a scrape stopped half-way must not hang a gunicorn master.
 _LOCK_TIMEOUT: Final = 2.0
+# Until when a directory's merges try the lock once without waiting, after one waited in
+# vain: a burst of worker exits must not hold a gunicorn master for 2 seconds each.
+_stuck_until: dict[str, float] = {}
 
 # The descriptors through which this process takes the lock. A child forked meanwhile
 # gets copies, which would hold the lock until the child exits: it closes them. The
@@ -107,7 +112,9 @@ def _after_fork_in_child() -> None:
     global _opening  # noqa: PLW0603  a child starts with a lock that nothing holds
     _opening = threading.RLock()
     for descriptor in _descriptors:
-        os.close(descriptor)
+        # Another fork hook may have closed it already; the resets below must still run.
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
     _descriptors.clear()
     _local.holding = False
     _deferred.clear()
@@ -206,7 +213,7 @@ def clear(path: str | os.PathLike[str] | None = None) -> None:
     own = f"_{os.getpid()}.db"
     with _locked(directory, fcntl.LOCK_EX):
         for file in directory.iterdir():
-            if file.name != LOCK_FILE and not file.name.endswith(own):
+            if not file.name.endswith(own):
                 file.unlink()
 
 
@@ -226,9 +233,9 @@ def _locked(directory: Path, operation: int, timeout: float | None = None) -> It
     _local.holding = True
     try:
         with _opening:
-            # Read-only is enough for flock, and lets processes of another user than the
-            # one that created the file, such as gunicorn's workers, take the lock.
-            descriptor = os.open(directory / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
+            # The directory itself, not a lock file: whoever may read the directory, a
+            # worker of another user or an exporter on a read-only mount, may lock it.
+            descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
             _descriptors.add(descriptor)
         try:
             if timeout is None:
@@ -291,7 +298,11 @@ def _additive_values(directory: Path, names: list[str]) -> dict[tuple[str, str],
         for key, parts in partials.items():
             values[kind, key] += parts
     for name in names:
-        if _LIVE_FILE.fullmatch(name) or (_CLAIMED_FILE.fullmatch(name) and name not in absorbed):
+        if _LIVE_FILE.fullmatch(name) or (
+            _CLAIMED_FILE.fullmatch(name)
+            and name not in absorbed
+            and not _given_back(directory, name)
+        ):
             kind = name.partition("_")[0]
             for key, value in _values(directory / name).items():
                 values[kind, key].append(value)
@@ -335,13 +346,16 @@ def _read_archive(directory: Path, kind: str) -> tuple[dict[str, list[float]], s
         data = path.read_bytes()
     except FileNotFoundError:
         return {}, set()
-    (used,) = struct.unpack_from("i", data)
-    if data[used : used + len(_RECORD_MARK)] != _RECORD_MARK:
+    used = struct.unpack_from("i", data)[0] if len(data) >= _HEADER else 0
+    if used < _HEADER or data[used : used + len(_RECORD_MARK)] != _RECORD_MARK:
         msg = f"{path} is not an archive written by veza_business_metrics"
         raise ValueError(msg)
     (length,) = struct.unpack_from("I", data, used + len(_RECORD_MARK))
     start = used + len(_RECORD_MARK) + 4
     record = json.loads(data[start : start + length])
+    if (version := record.get("version")) != _ARCHIVE_VERSION:
+        msg = f"{path} is an archive of version {version!r}, which this release cannot read"
+        raise ValueError(msg)
     return record["partials"], set(record["absorbed"])
 
 
@@ -355,14 +369,15 @@ def _values(path: Path) -> dict[str, float]:
 
 
 def _encode(partials: dict[str, list[float]], absorbed: list[str]) -> bytes:
-    data = bytearray(8)
+    data = bytearray(_HEADER)
     for key, parts in partials.items():
         encoded = key.encode("utf-8")
         padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
         data += struct.pack(f"i{len(padded)}sdd", len(encoded), padded, _sum(parts), 0.0)
     struct.pack_into("i", data, 0, len(data))
-    record = json.dumps({"absorbed": sorted(absorbed), "partials": partials}).encode("utf-8")
-    return bytes(data) + _RECORD_MARK + struct.pack("I", len(record)) + record
+    record = {"version": _ARCHIVE_VERSION, "absorbed": sorted(absorbed), "partials": partials}
+    encoded_record = json.dumps(record).encode("utf-8")
+    return bytes(data) + _RECORD_MARK + struct.pack("I", len(encoded_record)) + encoded_record
 
 
 def _compact(directory: Path, pids: set[int] | None) -> int:
@@ -371,18 +386,27 @@ def _compact(directory: Path, pids: set[int] | None) -> int:
     The merges put off for the directory run too, and so do those that a signal handler
     asks for meanwhile.
     """
+    # A str key, since a Path hashes in Python code that a signal handler could interrupt.
+    key = str(directory)
     merged = 0
     while not getattr(_local, "holding", False):
-        with _locked(directory, fcntl.LOCK_EX, _LOCK_TIMEOUT) as taken:
+        # Soon after a merge waited in vain, one more try is all a merge makes.
+        patience = _LOCK_TIMEOUT if time.monotonic() >= _stuck_until.get(key, 0) else 0
+        with _locked(directory, fcntl.LOCK_EX, patience) as taken:
             if taken:
-                merged += _merge(directory, _with_deferred(directory, pids))
+                pids = _with_deferred(directory, pids)
+                try:
+                    merged += _merge(directory, pids)
+                except BaseException:
+                    _deferred.setdefault(key, deque()).append(pids)
+                    raise
         if not taken:
+            _stuck_until[key] = time.monotonic() + _LOCK_TIMEOUT
             break
         if not _is_deferred(directory):
             return merged
         pids = set()
-    # A str key, since a Path hashes in Python code that a signal handler could interrupt.
-    _deferred.setdefault(str(directory), deque()).append(pids)
+    _deferred.setdefault(key, deque()).append(pids)
     return merged
 
 
@@ -426,19 +450,16 @@ def _unfinished_claims(directory: Path, names: list[str]) -> list[str]:
     """Clean up after a merge that was killed; return its claims that remain to finish."""
     claims = []
     for name in names:
-        if name.endswith(".tmp"):
+        if _TEMPORARY_ARCHIVE.fullmatch(name):
             (directory / name).unlink()
         elif _CLAIMED_FILE.fullmatch(name) or _CLAIMED_GAUGE_FILE.fullmatch(name):
             claims.append(name)
     absorbed = {name for kind in _ADDITIVE for name in _read_archive(directory, kind)[1]}
     pending = []
     for name in claims:
-        if name in absorbed:
+        if name in absorbed or _given_back(directory, name):
             (directory / name).unlink()
-        elif _in_use(_pid(name), directory, [name]):
-            # Killed between a claim and its undoing: the file is still in use.
-            (directory / name).rename(directory / f"{name.partition('.')[0]}.db")
-        else:
+        elif not (_in_use(_pid(name), directory, [name]) and _give_back(directory, name)):
             pending.append(name)
     return pending
 
@@ -464,10 +485,40 @@ def _claim(directory: Path, pid: int, files: list[str]) -> list[str]:
     # Checked again after the claim: a process that reused the pid may have opened a
     # file until its rename, never after it. Only that process could have created the
     # name again, and it did not, since it holds the claimed file.
-    taken_back = _in_use(pid, directory, claims)
-    for claim in taken_back:
-        (directory / claim).rename(directory / f"{claim.partition('.')[0]}.db")
+    taken_back = {
+        claim for claim in _in_use(pid, directory, claims) if _give_back(directory, claim)
+    }
     return [claim for claim in claims if claim not in taken_back]
+
+
+def _give_back(directory: Path, claim: str) -> bool:
+    """Give ``claim``, which a running process uses, its live name back, if still free.
+
+    Returns:
+        Whether it did. If not, a process with the claim's pid created the live name
+        since, and uses that file: the claim is an earlier process's, to merge.
+    """
+    # A link, since a rename would replace the new file; a kill before the unlink leaves
+    # two names for one file, which _given_back tells.
+    try:
+        os.link(directory / claim, _live_name(directory, claim))
+    except FileExistsError:
+        return False
+    (directory / claim).unlink()
+    return True
+
+
+def _given_back(directory: Path, claim: str) -> bool:
+    """Tell whether ``claim`` is also its live name, given back by a merge since killed."""
+    try:
+        live = _identity(_live_name(directory, claim).stat())
+    except FileNotFoundError:
+        return False
+    return live == _identity((directory / claim).stat())
+
+
+def _live_name(directory: Path, claim: str) -> Path:
+    return directory / f"{claim.partition('.')[0]}.db"
 
 
 def _pid(claim: str) -> int:
@@ -525,6 +576,9 @@ def _absorb(directory: Path, kind: str, claims: list[str]) -> None:
     temporary = directory / f"{kind}_archive.{uuid.uuid4().hex}.tmp"
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
+        # Whatever the umask: workers of another user read it, and the directory's own
+        # mode decides who else may.
+        os.fchmod(descriptor, 0o644)
         while data:
             data = data[os.write(descriptor, data) :]
         os.fsync(descriptor)
