@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from helpers import ROOT, alert_sections, config_documents
 from veza_business_metrics._config import (
+    DEFAULT_RUNBOOK_BASE_URL,
     InvalidConfigError,
     Settings,
     default_config_text,
@@ -39,6 +40,12 @@ def test_the_printed_defaults_load_back_as_the_defaults() -> None:
             *alert_sections(Settings()),
         ]
     )
+
+
+def test_the_default_runbook_address_is_the_documentation_address() -> None:
+    """The default runbook base URL is where pyproject.toml says the documentation lives."""
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+    assert f"{DEFAULT_RUNBOOK_BASE_URL}/" == urls["Documentation"]
 
 
 def test_every_default_setting_is_explained_by_a_comment() -> None:
@@ -70,7 +77,7 @@ def test_every_setting_can_be_changed() -> None:
         ("= 3\n", "= 4\n"),
         ("= 1\n", "= 2\n"),
         ("matchers = []", "matchers = ['job=\"shop\"']"),
-        ("https://veza-business-metrics.readthedocs.io/en/latest", "https://example.com/"),
+        ("https://docs.example.com/veza-business-metrics", "https://example.com/"),
     ]:
         assert old in text, old
         text = text.replace(old, new)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 
-DEFAULT_RUNBOOK_BASE_URL: Final = "https://veza-business-metrics.readthedocs.io/en/latest"
+DEFAULT_RUNBOOK_BASE_URL: Final = "https://docs.example.com/veza-business-metrics"
 # The prefix that turns a section's class name into its TOML table and alert name.
 ALERT_PREFIX: Final = "VezaBusiness"
 
