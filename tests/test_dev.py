@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -227,3 +228,14 @@ def test_bootstrap_installs_only_when_its_inputs_change(
     assert pip_ran(*arguments)
     assert not pip_ran(*arguments)
     assert pip_ran(*arguments, "--no-deps")
+
+
+@pytest.mark.parametrize("page", ["README.md", "CONTRIBUTING.md"])
+def test_the_docs_say_where_the_docs_session_writes_the_site(page: str) -> None:
+    """The page names the docs session's command and the index.html that sphinx-build writes."""
+    noxfile = (dev.ROOT / "noxfile.py").read_text()
+    match = re.search(r'"sphinx-build", .*"docs", "([^"]+)"\)', noxfile)
+    assert match is not None
+    text = " ".join((dev.ROOT / page).read_text().split())
+    assert "`python3 scripts/dev.py test -s docs`" in text
+    assert f"`{match[1]}/index.html`" in text
