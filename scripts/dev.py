@@ -39,6 +39,7 @@ STARTUP_SECONDS = 60
 # How long the app and the traffic may take to stop after a SIGTERM before they are killed.
 STOP_SECONDS = 30
 HIGHEST_PORT = 65535
+DEFAULT_APP, DEFAULT_PORT = "fastapi", 8000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,9 +254,12 @@ def main() -> None:
         "test", help="lint, types, tests, docs and the wheel; other arguments go to nox"
     )
     demo_parser = commands.add_parser("demo", help="serve /metrics of an example host app")
-    demo_parser.add_argument("--app", choices=APPS, default="fastapi")
+    demo_parser.add_argument("--app", choices=APPS, default=DEFAULT_APP)
     demo_parser.add_argument(
-        "--port", type=port_number, default=8000, help="serve on this port (default: 8000)"
+        "--port",
+        type=port_number,
+        default=DEFAULT_PORT,
+        help=f"serve on this port (default: {DEFAULT_PORT})",
     )
     demo_parser.add_argument(
         "--no-simulate", action="store_true", help="serve without made-up traffic"

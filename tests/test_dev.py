@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import yaml
 
 import dev
 from helpers import free_port, promtool_ok, scrape
@@ -239,3 +240,14 @@ def test_the_docs_say_where_the_docs_session_writes_the_site(page: str) -> None:
     text = " ".join((dev.ROOT / page).read_text().split())
     assert "`python3 scripts/dev.py test -s docs`" in text
     assert f"`{match[1]}/index.html`" in text
+
+
+def test_the_example_prometheus_config_scrapes_the_default_demo(tmp_path: Path) -> None:
+    """examples/prometheus.yml scrapes what the demo serves by default, with the shipped rules."""
+    example = dev.ROOT / "examples" / "prometheus.yml"
+    config = yaml.safe_load(example.read_text())
+    app = dev.APPS[dev.DEFAULT_APP]
+    printed = dev.prometheus_config(tmp_path, tmp_path / "rules.yml", app, dev.DEFAULT_PORT)
+    assert config["scrape_configs"] == json.loads(printed.read_text())["scrape_configs"]
+    (rules,) = config["rule_files"]
+    assert (example.parent / rules).resolve() == dev.ROOT / "src/veza_business_metrics/rules.yml"
