@@ -1,7 +1,7 @@
 """Serve /metrics on 127.0.0.1 with a few business events already recorded.
 
-Run it with ``python3 scripts/dev.py demo`` from a fresh clone, or with
-``python examples/quickstart.py [--port N]`` where the package is installed.
+Run it with ``python examples/quickstart.py [--port N]`` where the package is installed.
+For a shop with traffic, ``python3 scripts/dev.py demo`` serves examples/fastapi_app.py.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def record_sample_events() -> None:
     business.record_login(business.LoginOutcome.FAILURE_2FA)
     business.record_order_created()
     business.record_order_created()
-    business.record_order_completed()
     business.record_revenue(1999, "EUR")
+    business.record_order_completed()
     business.record_order_event(business.OrderStatus.REFUNDED)
     business.record_refund(500, "eur")
     business.record_account_deletion()

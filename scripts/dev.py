@@ -6,8 +6,10 @@ Usage, from the repository root with only python3 (3.11+) on PATH::
     python3 scripts/dev.py demo   # an example shop with made-up traffic on 127.0.0.1:8000
 
 ``test`` passes what follows it to nox (``test -s docs``); ``demo`` takes ``--app``,
-``--port`` and ``--no-simulate``. Each virtual environment is reinstalled only when the
-requirement files or pyproject.toml changed since it was last installed.
+``--port`` and ``--no-simulate``, and serves until Ctrl-C, which stops the app and exits
+with status 0 (a SIGTERM exits with 143, a SIGHUP with 129). Each virtual environment is
+reinstalled only when the requirement files or pyproject.toml changed since it was last
+installed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ROOT / "requirements"
 STARTUP_SECONDS = 60
+# How long the app and the traffic may take to stop after a SIGTERM before they are killed.
+STOP_SECONDS = 30
+HIGHEST_PORT = 65535
+DEFAULT_APP, DEFAULT_PORT = "fastapi", 8000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +109,28 @@ def test(nox_arguments: Sequence[str]) -> None:
     run(str(python), "-m", "nox", "--noxfile", str(ROOT / "noxfile.py"), *nox_arguments)
 
 
+def port_number(text: str) -> int:
+    """Return the TCP port that the ``--port`` argument ``text`` names.
+
+    Raises:
+        argparse.ArgumentTypeError: If it is not a whole number from 1 to 65535.
+    """
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= HIGHEST_PORT:
+        message = f"must be a whole number from 1 to {HIGHEST_PORT}, got {text!r}"
+        raise argparse.ArgumentTypeError(message)
+    return port
+
+
 def port_is_free(port: int) -> bool:
     """Return whether nothing listens on 127.0.0.1:``port``."""
     with socket.socket() as probe:
+        # The servers bind with SO_REUSEADDR, so the connections that the last demo left
+        # in TIME_WAIT do not stop them; without it, this probe would say they do.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -138,16 +163,32 @@ def prometheus_config(directory: Path, rules: Path, app: App, port: int) -> Path
 def process(
     command: Sequence[str], env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` in the repository root until the block ends, then stop it."""
-    with subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}) as child:
+    """Run ``command`` in the repository root until the block ends, then stop it.
+
+    It runs in a session of its own, so that the terminal's Ctrl-C reaches only this
+    script. Sent to the whole foreground group, it would interrupt gunicorn's workers
+    mid-request and the traffic mid-import, each printing a KeyboardInterrupt traceback;
+    a SIGTERM from here lets them finish what they are doing and exit quietly.
+    """
+    with subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **(env or {})}, start_new_session=True
+    ) as child:
         try:
             yield child
         finally:
-            child.terminate()
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+            stop(child)
+
+
+def stop(child: subprocess.Popen[bytes]) -> None:
+    """Stop ``child`` with SIGTERM; kill its whole group if it lingers or on a second Ctrl-C."""
+    child.terminate()
+    try:
+        child.wait(timeout=STOP_SECONDS)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        # The group outlives a killed gunicorn master through its workers.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
 
 
 def wait_until_serving(server: subprocess.Popen[bytes], url: str) -> None:
@@ -213,8 +254,13 @@ def main() -> None:
         "test", help="lint, types, tests, docs and the wheel; other arguments go to nox"
     )
     demo_parser = commands.add_parser("demo", help="serve /metrics of an example host app")
-    demo_parser.add_argument("--app", choices=APPS, default="fastapi")
-    demo_parser.add_argument("--port", type=int, default=8000)
+    demo_parser.add_argument("--app", choices=APPS, default=DEFAULT_APP)
+    demo_parser.add_argument(
+        "--port",
+        type=port_number,
+        default=DEFAULT_PORT,
+        help=f"serve on this port (default: {DEFAULT_PORT})",
+    )
     demo_parser.add_argument(
         "--no-simulate", action="store_true", help="serve without made-up traffic"
     )
@@ -224,8 +270,11 @@ def main() -> None:
         return
     if nox_arguments:
         parser.error(f"unrecognized arguments: {' '.join(nox_arguments)}")
-    # Ctrl-C, or a SIGTERM, stops the demo's processes and removes its files on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    # Ctrl-C, a SIGTERM or a closed terminal (SIGHUP, which no longer reaches the app in
+    # its own session) stops the demo's processes and removes its files on the way out.
+    # Ctrl-C is how the demo is meant to end, hence status 0 and no traceback.
+    for stopping in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stopping, lambda number, _: sys.exit(128 + number))
     with contextlib.suppress(KeyboardInterrupt):
         demo(args.app, args.port, simulate=not args.no_simulate)
 

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 from helpers import ROOT, alert_sections, config_documents
 from veza_business_metrics._config import (
+    DEFAULT_RUNBOOK_BASE_URL,
     InvalidConfigError,
     Settings,
-    default_config_text,
+    config_text,
     load_settings,
     number_text,
     percent_text,
@@ -28,7 +29,7 @@ SPIKE = "VezaBusinessLoginFailureSpike"
 
 def test_the_printed_defaults_load_back_as_the_defaults() -> None:
     """--print-config's text is valid TOML that loads as exactly the default settings."""
-    text = default_config_text()
+    text = config_text(Settings())
     assert load_settings(text) == Settings() == settings_from_mapping({})
     document = tomllib.loads(text)
     assert sorted(document) == sorted(
@@ -41,9 +42,15 @@ def test_the_printed_defaults_load_back_as_the_defaults() -> None:
     )
 
 
+def test_the_default_runbook_address_is_the_documentation_address() -> None:
+    """The default runbook base URL is where pyproject.toml says the documentation lives."""
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+    assert f"{DEFAULT_RUNBOOK_BASE_URL}/" == urls["Documentation"]
+
+
 def test_every_default_setting_is_explained_by_a_comment() -> None:
     """Each key of the printed defaults, and each alert table, follows a comment line."""
-    lines = default_config_text().splitlines()
+    lines = config_text(Settings()).splitlines()
     settings = [n for n, line in enumerate(lines) if line and not line.startswith("#")]
     assert len(settings) == 3 + 10 + 29  # top-level keys, alert tables, their keys
     assert all(lines[n - 1].startswith("# ") for n in settings)
@@ -51,7 +58,7 @@ def test_every_default_setting_is_explained_by_a_comment() -> None:
 
 def test_every_setting_can_be_changed() -> None:
     """A file that sets every key to another value changes every setting."""
-    text = default_config_text()
+    text = config_text(Settings())
     for old, new in [
         ('"10m"', '"11m"'),
         ('"15m"', '"16m"'),
@@ -70,7 +77,7 @@ def test_every_setting_can_be_changed() -> None:
         ("= 3\n", "= 4\n"),
         ("= 1\n", "= 2\n"),
         ("matchers = []", "matchers = ['job=\"shop\"']"),
-        ("https://veza-business-metrics.readthedocs.io/en/latest", "https://example.com/"),
+        ("https://docs.example.com/veza-business-metrics", "https://example.com/"),
     ]:
         assert old in text, old
         text = text.replace(old, new)
@@ -102,6 +109,16 @@ def test_every_valid_document_is_accepted_as_written(document: dict[str, object]
                 value.rstrip("/") if isinstance(value, str) else value
             )
     assert len(settings.matchers) == len(document.get("matchers", []))  # type: ignore[arg-type]
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config_documents())
+def test_the_printed_config_of_any_settings_loads_back_as_them(
+    document: dict[str, object],
+) -> None:
+    """The config file printed from any valid settings loads as exactly those settings."""
+    loaded = settings_from_mapping(document)
+    assert load_settings(config_text(loaded)) == loaded
 
 
 @pytest.mark.parametrize(
@@ -252,4 +269,4 @@ def test_numbers_read_as_people_write_them(value: float, number: str, percent: s
 def test_the_docs_show_what_print_config_prints() -> None:
     """The config file reference in docs/alerting.md is the current --print-config output."""
     page = (ROOT / "docs" / "alerting.md").read_text()
-    assert f"```toml\n{default_config_text()}```\n" in page
+    assert f"```toml\n{config_text(Settings())}```\n" in page

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+import yaml
 
 import dev
 from helpers import free_port, promtool_ok, scrape
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 DEV = str(Path(dev.__file__).resolve())
+PORT_ERROR = "dev.py demo: error: argument --port: must be a whole number from 1 to 65535, got "
 
 
 def test_demo_refuses_a_busy_port_before_claiming_to_serve() -> None:
@@ -37,6 +45,103 @@ def test_demo_refuses_a_busy_port_before_claiming_to_serve() -> None:
     assert result.stderr == (
         f"dev.py: error: port {port} on 127.0.0.1 is already in use; choose another with --port\n"
     )
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999999999999999999", "eighty", "80.5"])
+def test_demo_refuses_a_port_out_of_range(port: str) -> None:
+    """A --port that is not from 1 to 65535 gives argparse's usage and one error line, status 2."""
+    result = subprocess.run(
+        [sys.executable, DEV, "demo", "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("usage: dev.py demo ")
+    assert result.stderr.splitlines()[-1] == f"{PORT_ERROR}{port!r}"
+    assert "Traceback" not in result.stderr
+
+
+def test_port_number_takes_every_port_from_1_to_65535() -> None:
+    """The ports at both ends of the range, and the default, are accepted as numbers."""
+    assert [dev.port_number(text) for text in ["1", "8000", "65535"]] == [1, 8000, 65535]
+
+
+def test_a_port_left_in_time_wait_is_free_but_a_listened_one_is_not() -> None:
+    """Connections that a stopped server left in TIME_WAIT do not make its port look busy."""
+    with socket.socket() as listener:
+        # As gunicorn and uvicorn do, which lets them bind despite TIME_WAIT.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert not dev.port_is_free(port)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            accepted, _ = listener.accept()
+            # The side that closes first keeps the connection in TIME_WAIT: the server's.
+            accepted.close()
+            assert client.recv(1) == b""
+    with socket.socket() as plain, pytest.raises(OSError, match="Address already in use"):
+        plain.bind(("127.0.0.1", port))
+    assert dev.port_is_free(port)
+
+
+def is_running(pid: int) -> bool:
+    """Return whether the process ``pid`` exists and has not exited."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    # An orphan that exited stays a zombie until init reaps it, which may take a while.
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_stop_kills_the_whole_group_of_a_child_that_ignores_sigterm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child that outlasts its SIGTERM is killed, and so is the worker it started."""
+    monkeypatch.setattr(dev, "STOP_SECONDS", 0.5)
+    code = (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(worker.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True
+    ) as child:
+        assert child.stdout is not None
+        worker = int(child.stdout.readline())
+        dev.stop(child)
+        assert child.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while is_running(worker):
+        assert time.monotonic() < deadline, f"the worker {worker} outlived its killed parent"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def running_demo(app: str, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run the demo of ``app`` as a terminal runs a foreground job: in a group of its own.
+
+    It is stopped at the end of the block if it still runs, with a SIGTERM, so that it
+    stops the processes that it started in sessions of their own.
+    """
+    command = [sys.executable, "-u", DEV, "demo", "--app", app, "--port", str(port)]
+    with log.open("wb") as output:
+        demo = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True)
+    try:
+        yield demo
+    finally:
+        if demo.poll() is None:
+            demo.terminate()
+            try:
+                demo.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(demo.pid, signal.SIGKILL)
+                demo.wait()
 
 
 def wait_for_line(log: Path, prefix: str, demo: subprocess.Popen[bytes]) -> list[str]:
@@ -61,10 +166,7 @@ def test_demo_serves_the_app_with_traffic_and_a_prometheus_config_for_its_port(
         pytest.skip(f"{dev.APPS[app].needs}/ is not in this checkout")
     port, log = free_port(), tmp_path / "demo.log"
     url = f"http://127.0.0.1:{port}{dev.APPS[app].metrics_path}"
-    command = [sys.executable, "-u", DEV, "demo", "--app", app, "--port", str(port)]
-    with log.open("wb") as output:
-        demo = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True)
-    try:
+    with running_demo(app, port, log) as demo:
         lines = wait_for_line(log, "Scrape it with Prometheus: ", demo)
         serving = lines.index(f"Serving {url}")
         assert lines[serving + 1] == f"Try: curl -s {url} | grep veza_business"
@@ -83,10 +185,28 @@ def test_demo_serves_the_app_with_traffic_and_a_prometheus_config_for_its_port(
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 0
         assert not config_file.exists()
-    finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
-            demo.wait()
+
+
+@pytest.mark.parametrize("app", dev.APPS)
+def test_ctrl_c_stops_the_demo_quietly_mid_request(app: str, tmp_path: Path) -> None:
+    """Ctrl-C, sent to the demo's whole group, stops it with status 0 and no traceback."""
+    if not (dev.ROOT / dev.APPS[app].needs).is_dir():
+        pytest.skip(f"{dev.APPS[app].needs}/ is not in this checkout")
+    port, log = free_port(), tmp_path / "demo.log"
+    with running_demo(app, port, log) as demo:
+        wait_for_line(log, "Serving ", demo)
+        # A request that has begun but not ended holds a worker in the middle of it, where
+        # a SIGINT of its own would make gunicorn log the interruption with a traceback.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as request:
+            request.sendall(b"GET /metrics HTTP/1.1\r\n")
+            time.sleep(0.5)
+            os.killpg(demo.pid, signal.SIGINT)
+            time.sleep(0.5)
+        assert demo.wait(timeout=60) == 0
+    printed = log.read_text()
+    assert "Traceback" not in printed
+    assert "KeyboardInterrupt" not in printed
+    assert dev.port_is_free(port)
 
 
 def test_bootstrap_installs_only_when_its_inputs_change(
@@ -109,3 +229,25 @@ def test_bootstrap_installs_only_when_its_inputs_change(
     assert pip_ran(*arguments)
     assert not pip_ran(*arguments)
     assert pip_ran(*arguments, "--no-deps")
+
+
+@pytest.mark.parametrize("page", ["README.md", "CONTRIBUTING.md"])
+def test_the_docs_say_where_the_docs_session_writes_the_site(page: str) -> None:
+    """The page names the docs session's command and the index.html that sphinx-build writes."""
+    noxfile = (dev.ROOT / "noxfile.py").read_text()
+    match = re.search(r'"sphinx-build", .*"docs", "([^"]+)"\)', noxfile)
+    assert match is not None
+    text = " ".join((dev.ROOT / page).read_text().split())
+    assert "`python3 scripts/dev.py test -s docs`" in text
+    assert f"`{match[1]}/index.html`" in text
+
+
+def test_the_example_prometheus_config_scrapes_the_default_demo(tmp_path: Path) -> None:
+    """examples/prometheus.yml scrapes what the demo serves by default, with the shipped rules."""
+    example = dev.ROOT / "examples" / "prometheus.yml"
+    config = yaml.safe_load(example.read_text())
+    app = dev.APPS[dev.DEFAULT_APP]
+    printed = dev.prometheus_config(tmp_path, tmp_path / "rules.yml", app, dev.DEFAULT_PORT)
+    assert config["scrape_configs"] == json.loads(printed.read_text())["scrape_configs"]
+    (rules,) = config["rule_files"]
+    assert (example.parent / rules).resolve() == dev.ROOT / "src/veza_business_metrics/rules.yml"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+import traceback
 from typing import TYPE_CHECKING
 
 import pytest
 
-from veza_business_metrics import InvalidAmountError, InvalidLabelError
+import veza_business_metrics
+from veza_business_metrics import InvalidAmountError, InvalidLabelError, MultiprocessError
 from veza_business_metrics._errors import SHOWN_CHARS, shown
 
 if TYPE_CHECKING:
@@ -25,6 +28,26 @@ def test_bad_amounts_can_be_caught_as_value_error(metrics: BusinessMetrics) -> N
     assert issubclass(InvalidAmountError, ValueError)
     with pytest.raises(ValueError, match="amount_cents must be 0 or more"):
         metrics.record_revenue(-1, "EUR")
+
+
+@pytest.mark.parametrize("error", [InvalidLabelError, InvalidAmountError, MultiprocessError])
+def test_errors_are_named_where_users_import_them(error: type[ValueError]) -> None:
+    """Tracebacks and reprs show veza_business_metrics.Name, which names the very class."""
+    assert error.__module__ == "veza_business_metrics"
+    assert getattr(veza_business_metrics, error.__name__) is error
+    assert repr(error) == f"<class 'veza_business_metrics.{error.__name__}'>"
+    assert traceback.format_exception_only(error("bad")) == [
+        f"veza_business_metrics.{error.__name__}: bad\n"
+    ]
+
+
+def test_a_raised_error_survives_pickling(metrics: BusinessMetrics) -> None:
+    """An error pickles, as multiprocessing and Celery do with a worker's, and loads back."""
+    with pytest.raises(InvalidLabelError) as raised:
+        metrics.record_login("nope")  # type: ignore[arg-type]
+    loaded = pickle.loads(pickle.dumps(raised.value))  # noqa: S301  pickled just above
+    assert type(loaded) is InvalidLabelError
+    assert loaded.args == raised.value.args
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,16 @@ def test_django_setup_registers_the_zero_series(run_python: Callable[..., str]) 
     assert business_series(run_python(code, env)) == ZERO
 
 
+def test_the_example_keeps_time_in_utc(run_python: Callable[..., str]) -> None:
+    """The shop's settings choose UTC, not Django's default of America/Chicago."""
+    code = (
+        "import django; from django.utils import timezone; django.setup();"
+        " print(timezone.get_current_timezone_name())"
+    )
+    env = {"PYTHONPATH": str(DJANGO_APP), "DJANGO_SETTINGS_MODULE": "project.settings"}
+    assert run_python(code, env) == "UTC\n"
+
+
 def test_manage_py_finds_no_issue() -> None:
     """manage.py runs, and Django's system checks find nothing wrong with the project."""
     result = subprocess.run(

@@ -13,7 +13,7 @@ import pytest
 
 import veza_business_metrics
 from veza_business_metrics.__main__ import main
-from veza_business_metrics._config import Settings, default_config_text, load_settings
+from veza_business_metrics._config import Settings, config_text, load_settings
 from veza_business_metrics._dashboard import render_configmap, render_dashboard
 from veza_business_metrics._rules import render_prometheus_rule, render_rules
 
@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 TUNED = "login_slo_target = 0.999\nmatchers = ['job=\"shop\"']\n"
+FULL_DISK = (
+    "python -m veza_business_metrics: error: cannot write to stdout: No space left on device\n"
+)
+CLOSED_STDOUT = (
+    "python -m veza_business_metrics: error: cannot write to stdout: it is closed;"
+    " write to a file with --output FILE\n"
+)
 OUTPUTS: list[tuple[list[str], Callable[[Settings], str]]] = [
     (["rules"], render_rules),
     (["rules", "--format", "prometheus-rule"], render_prometheus_rule),
@@ -36,6 +43,20 @@ def run(*arguments: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "veza_business_metrics", *arguments],
         cwd=cwd,
         capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def run_with_stdout(arguments: list[str], redirection: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m veza_business_metrics`` with stdout redirected as bash's ``redirection``."""
+    command = f'exec "$0" -m veza_business_metrics "$@" {redirection}'
+    return subprocess.run(
+        ["bash", "-c", command, sys.executable, *arguments],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=60,
         check=False,
@@ -86,7 +107,33 @@ def test_print_config_prints_the_commented_defaults(
 ) -> None:
     """--print-config prints the config file with every default, whatever the command."""
     main([command, "--print-config"])
-    assert capsys.readouterr().out == default_config_text()
+    assert capsys.readouterr().out == config_text(Settings())
+
+
+def test_print_config_with_a_config_prints_its_settings_over_the_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--print-config --config FILE prints every setting, FILE's values in place of defaults."""
+    config = tmp_path / "tuned.toml"
+    config.write_text(TUNED)
+    main(["rules", "--print-config", "--config", str(config)])
+    printed = capsys.readouterr().out
+    assert printed == config_text(load_settings(TUNED))
+    assert load_settings(printed) == load_settings(TUNED) != Settings()
+    assert "login_slo_target = 0.999\n" in printed
+
+
+def test_print_config_refuses_a_bad_config_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--print-config with a config file that does not load fails as the other commands do."""
+    config = tmp_path / "bad.toml"
+    config.write_text("login_slo_target = 2\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["dashboard", "--print-config", "--config", str(config)])
+    assert exited.value.code == 1
+    message = f"{config}: login_slo_target must be above 0 and below 1 (0.995 is 99.5%), got 2"
+    assert capsys.readouterr() == ("", f"python -m veza_business_metrics: error: {message}\n")
 
 
 def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,3 +271,50 @@ def test_help_explains_both_commands() -> None:
     assert "Grafana dashboard" in result.stdout
     for command in ["rules", "dashboard"]:
         assert "--print-config" in run(command, "--help").stdout
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["rules"], ["dashboard", "-f", "configmap"], ["rules", "--print-config"], ["--version"]],
+)
+def test_a_full_disk_is_one_line_and_status_1(arguments: list[str]) -> None:
+    """Printing to /dev/full exits with status 1 and says why in one line, without a traceback."""
+    result = run_with_stdout(arguments, "> /dev/full")
+    assert (result.returncode, result.stderr) == (1, FULL_DISK)
+
+
+@pytest.mark.parametrize("arguments", [["dashboard"], ["--version"]])
+def test_a_full_disk_fails_in_process(
+    arguments: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stdout that refuses the text, or argparse's version, gives SystemExit(1) and one line."""
+    with open("/dev/full", "w", encoding="utf-8") as stdout:  # noqa: PTH123
+        monkeypatch.setattr(sys, "stdout", stdout)
+        with pytest.raises(SystemExit) as exited:
+            main(arguments)
+        assert exited.value.code == 1
+        assert capsys.readouterr().err == FULL_DISK
+        # stdout now points at /dev/null, so the flush at exit has nowhere to fail.
+        stdout.write("more")
+        stdout.flush()
+
+
+def test_a_closed_stdout_is_one_line_and_status_1(tmp_path: Path) -> None:
+    """With stdout closed (`>&-`) the command says to use --output, which then works."""
+    result = run_with_stdout(["rules"], ">&-")
+    assert (result.returncode, result.stderr) == (1, CLOSED_STDOUT)
+    target = tmp_path / "rules.yml"
+    result = run_with_stdout(["rules", "--output", str(target)], ">&-")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert target.read_text() == render_rules(Settings())
+
+
+def test_a_closed_stdout_fails_in_process(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With sys.stdout None, as Python leaves it when fd 1 is closed, the command exits 1."""
+    monkeypatch.setattr(sys, "stdout", None)
+    with pytest.raises(SystemExit) as exited:
+        main(["dashboard"])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == CLOSED_STDOUT

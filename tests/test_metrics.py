@@ -244,7 +244,7 @@ def test_a_missing_multiprocess_directory_is_named(tmp_path: Path, variable: str
     )
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == (
-        f"veza_business_metrics._errors.MultiprocessError: PROMETHEUS_MULTIPROC_DIR is"
+        f"veza_business_metrics.MultiprocessError: PROMETHEUS_MULTIPROC_DIR is"
         f" '{missing}', which is not a directory: create it before the first metric is"
         " created, or unset the variable to count in this process only"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import veza_business_metrics
-from veza_business_metrics._config import Settings, default_config_text, load_settings
+from veza_business_metrics._config import Settings, config_text, load_settings
 from veza_business_metrics._dashboard import render_configmap, render_dashboard
 from veza_business_metrics._rules import render_prometheus_rule, render_rules
 
@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         subparser.add_argument(
             "--print-config",
             action="store_true",
-            help="print a config file that sets every setting to its default, commented",
+            help="print a config file that sets every setting, commented: to its default, or"
+            " to its value in the file of --config",
         )
     return parser
 
@@ -90,21 +91,31 @@ def _settings(path: Path | None) -> Settings:
         _fail(f"{path}: {error}")
 
 
-def _write(text: str, output: Path | None) -> None:
-    if output is not None:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as error:
-            _fail(f"cannot write {output}: {error.strerror or error}")
-        return
+def _print(text: str) -> None:
+    if sys.stdout is None:
+        # Python leaves sys.stdout unset when it starts with file descriptor 1 closed.
+        _fail("cannot write to stdout: it is closed; write to a file with --output FILE")
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader left early (`... | head -1`). Python flushes stdout again at exit,
-        # which would fail the same way with a traceback, so point it at /dev/null first.
+    except OSError as error:
+        # Python flushes stdout again at exit, which would fail the same way with a
+        # traceback, so point it at /dev/null first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(1) from None
+        if isinstance(error, BrokenPipeError):
+            # The reader left early (`... | head -1`), and wants no message either.
+            raise SystemExit(1) from None
+        _fail(f"cannot write to stdout: {error.strerror or error}")
+
+
+def _write(text: str, output: Path | None) -> None:
+    if output is None:
+        _print(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as error:
+        _fail(f"cannot write {output}: {error.strerror or error}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -117,12 +128,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         SystemExit: With status 1 and a one-line message for a bad config file or an
             output that cannot be written, and with status 2 for bad arguments.
     """
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:
+        # argparse prints --help and --version to stdout and ignores a failed write: the
+        # flush makes such a failure exit 1 with a message, as for the other output.
+        if exit_.code == 0 and sys.stdout is not None:
+            _print("")
+        raise
+    settings = _settings(args.config)
     if args.print_config:
-        text = default_config_text()
+        text = config_text(settings)
     else:
         _, formats = COMMANDS[args.command]
-        text = formats[args.format](_settings(args.config))
+        text = formats[args.format](settings)
     _write(text, args.output)
 
 

@@ -9,7 +9,6 @@ leads straight to the setting.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import textwrap
@@ -24,7 +23,7 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 
-DEFAULT_RUNBOOK_BASE_URL: Final = "https://veza-business-metrics.readthedocs.io/en/latest"
+DEFAULT_RUNBOOK_BASE_URL: Final = "https://docs.example.com/veza-business-metrics"
 # The prefix that turns a section's class name into its TOML table and alert name.
 ALERT_PREFIX: Final = "VezaBusiness"
 
@@ -449,12 +448,13 @@ def percent_text(value: float) -> str:
     return f"{value * 100:.6g}%"
 
 
-def _toml_value(value: object) -> str:
+def _toml_value(value: float | str | tuple[str, ...]) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, float | int):
         return number_text(float(value))
-    return json.dumps(value)
+    # TOML's basic strings escape as PromQL's do; JSON's surrogate pairs are not TOML.
+    return promql_string(value)
 
 
 def _comment(text: str) -> list[str]:
@@ -470,18 +470,21 @@ def _table_lines(section: object) -> list[str]:
     return lines
 
 
-def default_config_text() -> str:
-    """Return a config file that sets every setting to its default, with a comment each."""
-    defaults = Settings()
+def config_text(settings: Settings) -> str:
+    """Return a config file that sets every setting to its value in ``settings``, commented.
+
+    Args:
+        settings: The values to write, such as ``Settings()`` for the defaults.
+    """
     lines = [
         "# Settings for `python -m veza_business_metrics rules|dashboard --config FILE`.",
-        "# Every key is optional: a key left out keeps the default shown here.",
+        "# Every key is optional: a key left out keeps its default.",
         "",
-        *_table_lines(defaults),
+        *_table_lines(settings),
     ]
-    for field in dataclasses.fields(defaults):
+    for field in dataclasses.fields(settings):
         if "check" not in field.metadata:
-            section = getattr(defaults, field.name)
+            section = getattr(settings, field.name)
             doc = " ".join((type(section).__doc__ or "").split())
             lines += ["", *_comment(doc), f"[{_key(field)}]", *_table_lines(section)]
     return "\n".join(lines) + "\n"

@@ -10,18 +10,27 @@ SHOWN_CHARS: Final = 100
 # Ints up to this size have at most 78 digits, so repr() shows them whole. Past
 # sys.get_int_max_str_digits() repr() raises, and up to it repr() takes quadratic time.
 _SHOWN_INT_BITS: Final = 256
+# Tracebacks, reprs and the API reference name the public exceptions where users import
+# them from, rather than this private module; pickle finds them there too.
+_PUBLIC_MODULE: Final = "veza_business_metrics"
 
 
 class InvalidLabelError(ValueError):
     """A label value (outcome, status or currency) is outside its fixed set."""
 
+    __module__ = _PUBLIC_MODULE
+
 
 class InvalidAmountError(ValueError):
     """An amount cannot be counted exactly in minor units of its currency."""
 
+    __module__ = _PUBLIC_MODULE
+
 
 class MultiprocessError(ValueError):
     """prometheus_client's multiprocess mode cannot keep the counts exact as configured."""
+
+    __module__ = _PUBLIC_MODULE
 
 
 def shown(value: object) -> str:

@@ -24,3 +24,5 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "project.urls"
 WSGI_APPLICATION = "project.wsgi.application"
+# Django's default is America/Chicago; the logs, like Prometheus, should read in UTC.
+TIME_ZONE = "UTC"
