@@ -27,7 +27,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import Worker, fetch, free_port, listening_processes, samples, worker_samples
-from veza_business_metrics import multiprocess
 from veza_business_metrics.celery import setup
 
 if TYPE_CHECKING:
@@ -37,8 +36,8 @@ if TYPE_CHECKING:
 
 
 def names(directory: Path) -> set[str]:
-    """Return the names of the files in ``directory``, without the lock file."""
-    return {path.name for path in directory.iterdir()} - {multiprocess.LOCK_FILE}
+    """Return the names of the files in ``directory``."""
+    return {path.name for path in directory.iterdir()}
 
 
 def refused(url: str) -> bool:
@@ -249,7 +248,7 @@ def lock_held(directory: Path) -> Iterator[Callable[[], None]]:
     """Hold the directory's lock from another process; give the function that releases it."""
     code = (
         "import fcntl, os, sys\n"
-        f"descriptor = os.open({str(directory / multiprocess.LOCK_FILE)!r}, os.O_RDWR)\n"
+        f"descriptor = os.open({str(directory)!r}, os.O_RDONLY | os.O_DIRECTORY)\n"
         "fcntl.flock(descriptor, fcntl.LOCK_EX)\n"
         "print('locked', flush=True)\n"
         "sys.stdin.readline()\n"
@@ -305,12 +304,12 @@ def test_a_process_forked_during_a_scrape_gets_neither_the_port_nor_the_lock(
     port = free_port()
     setup(app, port=port)
     build_worker(app)
-    lock = directory / multiprocess.LOCK_FILE
+    lock = directory.resolve()  # the lock is the directory's
     with lock_held(directory) as release, concurrent.futures.ThreadPoolExecutor(2) as threads:
         scrape = threads.submit(fetch, f"http://127.0.0.1:{port}/metrics")
         deadline = time.monotonic() + 30
         while descriptors_of(lock) == 0:  # the scrape waits for the other process's lock
-            assert time.monotonic() < deadline, "the scrape never opened the lock file"
+            assert time.monotonic() < deadline, "the scrape never opened the directory"
             time.sleep(0.01)
         fork = threads.submit(fork_and_report)
         try:
@@ -319,7 +318,7 @@ def test_a_process_forked_during_a_scrape_gets_neither_the_port_nor_the_lock(
             child, reader = fork.result(timeout=30)
             assert os.read(reader, 16) == b"forked"
             os.close(reader)
-            descriptor = os.open(lock, os.O_RDWR)
+            descriptor = os.open(lock, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             finally:

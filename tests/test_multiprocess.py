@@ -22,7 +22,7 @@ import textwrap
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 from hypothesis import given, settings
@@ -63,6 +63,10 @@ def both_families(directory: Path) -> tuple[dict[str, str], dict[str, str]]:
     ours = multiprocess.MultiProcessCollector(None, path=str(directory))
     theirs = stock.MultiProcessCollector(None, path=str(directory))  # type: ignore[no-untyped-call]
     return families(ours), families(theirs)
+
+
+# What a directory holds once every file of the dead workers' kind is merged.
+ARCHIVES: Final = {"counter_archive.db", "histogram_archive.db"}
 
 
 def names(directory: Path) -> set[str]:
@@ -109,7 +113,7 @@ def test_a_file_being_created_is_read_as_empty(directory: Path, workers: list[Wo
     with pytest.raises(struct.error):
         stock_scrape(directory)
     assert multiprocess.sweep(directory) == 2
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(2)
 
 
@@ -121,7 +125,7 @@ def test_mark_process_dead_merges_every_metric_into_one_archive_per_type(
     before = both_families(directory)[1]
     multiprocess.mark_process_dead(first.pid, directory)
     multiprocess.mark_process_dead(second.pid, str(directory))
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(8)
     assert both_families(directory) == (before, before)
 
@@ -170,8 +174,7 @@ def test_sweep_merges_the_dead_and_leaves_the_running(
     assert names(directory) == {
         f"counter_{live.pid}.db",
         f"histogram_{live.pid}.db",
-        "counter_archive.db",
-        "histogram_archive.db",
+        *ARCHIVES,
     }
     live.record(1)
     assert scrape(directory) == worker_samples(16)
@@ -249,7 +252,7 @@ def test_a_process_that_reused_a_pid_and_continues_its_file_loses_nothing(
     assert scrape(directory) == worker_samples(6)
     heir.exit()
     multiprocess.mark_process_dead(heir.pid, directory)
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(6)
 
 
@@ -301,7 +304,7 @@ def test_a_file_that_a_running_process_of_its_pid_does_not_hold_is_merged(
     (dead,) = dead_workers(directory, workers, [2])
     move_files(directory, dead.pid, os.getpid())
     assert multiprocess.sweep(directory) == 1
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(2)
 
 
@@ -314,7 +317,7 @@ def test_a_new_file_under_a_merged_pid_is_merged_once(
     move_files(directory, second.pid, first.pid)
     multiprocess.mark_process_dead(first.pid, directory)
     assert scrape(directory) == worker_samples(7)
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
 
 
 # Runs a merge in a process that SIGKILLs itself at one filesystem change: argv holds the
@@ -390,7 +393,7 @@ def test_a_merge_killed_at_any_change_loses_and_repeats_nothing(
         multiprocess.mark_process_dead(first.pid, directory)
         multiprocess.mark_process_dead(second.pid, directory)
         assert scrape(directory) == expected, f"scrape after recovering from {point}"
-        assert names(directory) == {"counter_archive.db", "histogram_archive.db"}, point
+        assert names(directory) == ARCHIVES, point
     assert int(result.stdout) == len(points) > 0, points
     # Every kind of step was a place to die: claims, the archive, its replacement, cleanup.
     assert {point.split()[0] for point in points} == {
@@ -438,8 +441,7 @@ def test_a_leftover_claim_never_replaces_the_file_of_a_process_that_reused_its_p
     assert names(directory) == {
         f"counter_{heir.pid}.db",
         f"histogram_{heir.pid}.db",
-        "counter_archive.db",
-        "histogram_archive.db",
+        *ARCHIVES,
     }
     heir.record(1)
     assert scrape(directory) == worker_samples(6)
@@ -465,8 +467,7 @@ def test_a_claim_is_not_given_back_over_a_file_created_meanwhile(
     assert names(directory) == {
         f"counter_{first.pid}.db",
         f"histogram_{first.pid}.db",
-        "counter_archive.db",
-        "histogram_archive.db",
+        *ARCHIVES,
     }
     assert scrape(directory) == worker_samples(5)
 
@@ -525,7 +526,7 @@ def test_concurrent_merges_and_scrapes_stay_exact(directory: Path, workers: list
     assert [merge.wait(timeout=60) for merge in merges] == [0] * 8
     assert scrapes > 0
     assert scrape(directory) == expected
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
 
 
 def test_threads_of_one_process_exclude_each_other(directory: Path, workers: list[Worker]) -> None:
@@ -600,7 +601,7 @@ def test_a_merge_leaves_other_temporary_files_alone(
     (directory / "notes.tmp").write_text("not ours")
     (dead,) = dead_workers(directory, workers, [1])
     multiprocess.mark_process_dead(dead.pid, directory)
-    assert names(directory) == {"notes.tmp", "counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == {"notes.tmp", *ARCHIVES}
 
 
 def test_without_procfs_a_running_pid_is_left_alone(
@@ -615,8 +616,7 @@ def test_without_procfs_a_running_pid_is_left_alone(
     assert names(directory) == {
         f"counter_{live.pid}.db",
         f"histogram_{live.pid}.db",
-        "counter_archive.db",
-        "histogram_archive.db",
+        *ARCHIVES,
     }
     assert dead.pid != live.pid
 
@@ -691,14 +691,13 @@ def test_a_late_call_for_a_reused_pid_keeps_the_live_gauge(
         multiprocess.mark_process_dead(pid, directory)
         assert names(directory) == {
             f"gauge_livesum_{pid}.db",
-            "counter_archive.db",
-            "histogram_archive.db",
+            *ARCHIVES,
         }
         assert scrape(directory) == {**worker_samples(3), ("in_flight", ()): 2.0}
         heir.stdin.close()
         assert heir.wait(timeout=30) == 0
     multiprocess.mark_process_dead(pid, directory)
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
 
 
 def test_only_the_files_in_use_are_given_back(directory: Path, workers: list[Worker]) -> None:
@@ -772,7 +771,7 @@ def test_a_process_forked_during_a_scrape_does_not_keep_the_lock(
         finally:
             os.close(descriptor)
         multiprocess.mark_process_dead(dead.pid, directory)
-        assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+        assert names(directory) == ARCHIVES
     finally:
         os.kill(child, signal.SIGKILL)
 
@@ -797,7 +796,7 @@ def test_a_merge_from_a_signal_handler_during_a_merge_does_not_deadlock(
         multiprocess.mark_process_dead(outer.pid, directory)
     finally:
         signal.signal(signal.SIGUSR1, previous)
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(5)
 
 
@@ -904,7 +903,7 @@ def test_a_merge_from_a_signal_handler_while_opening_the_lock_does_not_deadlock(
         multiprocess.mark_process_dead(first.pid, directory)
     finally:
         signal.signal(signal.SIGUSR1, previous)
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(3)
 
 
@@ -930,7 +929,7 @@ def test_a_merge_between_the_fork_hooks_does_not_deadlock(
         timeout=60,
         check=True,
     )
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
 
 
 def test_merges_put_off_at_once_by_many_threads_all_run(
@@ -954,7 +953,7 @@ def test_merges_put_off_at_once_by_many_threads_all_run(
     assert len(names(directory)) == 2 * 401
     monkeypatch.undo()
     multiprocess.mark_process_dead(dead.pid, directory)
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(401)
 
 
@@ -1052,7 +1051,7 @@ def test_a_merge_blocked_by_a_stuck_scrape_is_put_off_not_lost(
         assert multiprocess.sweep(directory) == 0
     assert f"counter_{first.pid}.db" in names(directory)
     multiprocess.mark_process_dead(second.pid, directory)
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(5)
 
 
@@ -1073,7 +1072,7 @@ def test_a_merge_that_fails_keeps_the_merges_it_took_over(
         with pytest.raises(OSError, match="Input/output error"):
             multiprocess.mark_process_dead(second.pid, directory)
     multiprocess.mark_process_dead(second.pid, directory)
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(5)
 
 
@@ -1110,7 +1109,7 @@ def test_a_merge_asked_for_during_a_scrape_runs_after_it(
         multiprocess.mark_process_dead(dead.pid, directory)
         assert f"counter_{dead.pid}.db" in names(directory)
     assert scrape(directory) == worker_samples(2)
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
 
 
 # Records the fractions in argv[2:] on a counter and a histogram, then prints its pid.
@@ -1151,7 +1150,7 @@ def test_fractional_sums_are_exact_and_never_go_down(directory: Path) -> None:
         totals = scrape(directory)
         assert totals[("work_seconds_total", ())] == exact
         assert totals[("latency_seconds_sum", ())] == exact
-    assert names(directory) == {"counter_archive.db", "histogram_archive.db"}
+    assert names(directory) == ARCHIVES
 
 
 # Below 1e300, forty values cannot add up past the largest double.
