@@ -184,11 +184,14 @@ def stop(child: subprocess.Popen[bytes]) -> None:
     child.terminate()
     try:
         child.wait(timeout=STOP_SECONDS)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt):
-        # The group outlives a killed gunicorn master through its workers.
+    except BaseException as error:
+        # Impatience, a second Ctrl-C or the terminal closing while it stops: the group
+        # outlives a killed gunicorn master through its workers, so it goes as a whole.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
         child.wait()
+        if not isinstance(error, subprocess.TimeoutExpired | KeyboardInterrupt):
+            raise
 
 
 def wait_until_serving(server: subprocess.Popen[bytes], url: str) -> None:

@@ -304,7 +304,7 @@ def test_a_process_forked_during_a_scrape_gets_neither_the_port_nor_the_lock(
     port = free_port()
     setup(app, port=port)
     build_worker(app)
-    lock = directory.resolve()  # the lock is the directory's
+    lock = directory.resolve()
     with lock_held(directory) as release, concurrent.futures.ThreadPoolExecutor(2) as threads:
         scrape = threads.submit(fetch, f"http://127.0.0.1:{port}/metrics")
         deadline = time.monotonic() + 30
@@ -313,11 +313,12 @@ def test_a_process_forked_during_a_scrape_gets_neither_the_port_nor_the_lock(
             time.sleep(0.01)
         fork = threads.submit(fork_and_report)
         try:
-            release()
-            scrape.result(timeout=30)
+            # Released only once the child exists, so that it was forked mid-scrape.
             child, reader = fork.result(timeout=30)
             assert os.read(reader, 16) == b"forked"
             os.close(reader)
+            release()
+            scrape.result(timeout=30)
             descriptor = os.open(lock, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -122,6 +122,34 @@ def test_stop_kills_the_whole_group_of_a_child_that_ignores_sigterm(
         time.sleep(0.05)
 
 
+def test_stop_kills_the_group_when_interrupted_while_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SIGTERM or SIGHUP while stop() waits kills the child's group, then goes on."""
+    code = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ignoring', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True
+    ) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ignoring\n"
+        wait = child.wait
+
+        def hung_up(**_: object) -> int:
+            monkeypatch.setattr(child, "wait", wait)
+            raise SystemExit(128 + signal.SIGHUP)
+
+        monkeypatch.setattr(child, "wait", hung_up)
+        with pytest.raises(SystemExit) as raised:
+            dev.stop(child)
+        assert raised.value.code == 128 + signal.SIGHUP
+        assert child.returncode == -signal.SIGKILL
+
+
 @contextlib.contextmanager
 def running_demo(app: str, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run the demo of ``app`` as a terminal runs a foreground job: in a group of its own.
@@ -138,16 +166,32 @@ def running_demo(app: str, port: int, log: Path) -> Iterator[subprocess.Popen[by
         if demo.poll() is None:
             demo.terminate()
             try:
-                demo.wait(timeout=60)
+                # dev.py gives the traffic and then the app STOP_SECONDS each.
+                demo.wait(timeout=2 * dev.STOP_SECONDS + 30)
             except subprocess.TimeoutExpired:
-                os.killpg(demo.pid, signal.SIGKILL)
+                # Its app and traffic lead sessions of their own, which a kill of its
+                # group would leave running.
+                for group in [demo.pid, *children_of(demo.pid)]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(group, signal.SIGKILL)
                 demo.wait()
+
+
+def children_of(pid: int) -> list[int]:
+    """Return the pids of the processes whose parent is ``pid``."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(FileNotFoundError):  # exited while we looked
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
 
 
 def wait_for_line(log: Path, prefix: str, demo: subprocess.Popen[bytes]) -> list[str]:
     """Return the demo's printed lines once one starts with ``prefix``."""
-    # The first demo of a fresh clone installs .venv-demo before it serves.
-    deadline = time.monotonic() + 600
+    # The first demo of a fresh clone installs .venv-demo before it serves; the deadline
+    # comes before pytest-timeout's, so that a failure shows what the demo printed.
+    deadline = time.monotonic() + 480
     while True:
         lines = log.read_text().splitlines()
         if any(line.startswith(prefix) for line in lines):

@@ -65,7 +65,7 @@ def both_families(directory: Path) -> tuple[dict[str, str], dict[str, str]]:
     return families(ours), families(theirs)
 
 
-# What a directory holds once every file of the dead workers' kind is merged.
+# Named once, since most tests end by checking that nothing but them is left.
 ARCHIVES: Final = {"counter_archive.db", "histogram_archive.db"}
 
 
@@ -590,7 +590,7 @@ def test_an_archive_of_another_version_is_refused(
     with monkeypatch.context() as patch:
         patch.setattr(multiprocess, "_ARCHIVE_VERSION", 2)
         multiprocess.mark_process_dead(dead.pid, directory)
-    with pytest.raises(ValueError, match=r"archive of version 2, which this release cannot"):
+    with pytest.raises(ValueError, match=r"archive of version 2; this release reads version 1"):
         scrape(directory)
 
 
@@ -874,19 +874,40 @@ def test_a_forked_child_resets_even_if_a_descriptor_was_closed_already() -> None
     os.close(closed)
     multiprocess._descriptors.add(closed)
     multiprocess._local.holding = True
+    multiprocess._stuck_until["/a/stuck/directory"] = math.inf
     parents = multiprocess._opening
     multiprocess._before_fork()
     multiprocess._after_fork_in_child()
     parents.release()
     assert multiprocess._descriptors == set()
     assert not multiprocess._local.holding
+    assert multiprocess._stuck_until == {}
+
+
+def test_a_put_off_merge_that_fails_after_a_scrape_keeps_the_scrape(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrape returns its families even if the merge put off until after it fails."""
+    (dead,) = dead_workers(directory, workers, [2])
+    with multiprocess._locked(directory.resolve(), fcntl.LOCK_SH):  # as a scrape holds it
+        multiprocess.mark_process_dead(dead.pid, directory)
+
+    def failing(directory: Path, _: set[int] | None) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(multiprocess, "_merge", failing)
+        assert scrape(directory) == worker_samples(2)
+    assert multiprocess._is_deferred(directory.resolve())
+    multiprocess.sweep(directory)
+    assert names(directory) == ARCHIVES
 
 
 @pytest.mark.timeout(60)
 def test_a_merge_from_a_signal_handler_while_opening_the_lock_does_not_deadlock(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A signal handler that merges while a merge opens the lock file merges after it."""
+    """A merge asked for by a signal handler while a merge opens the lock runs after it."""
     first, second = dead_workers(directory, workers, [1, 2])
     previous = signal.signal(
         signal.SIGUSR1, lambda *_: multiprocess.mark_process_dead(second.pid, directory)
@@ -980,6 +1001,7 @@ def scrape_as_another_user(directory: Path) -> Series:
         status = 1
         try:
             os.close(reading)
+            os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
             scraped = [[*series, value] for series, value in scrape(directory).items()]

@@ -101,7 +101,9 @@ def _print(text: str) -> None:
     except OSError as error:
         # Python flushes stdout again at exit, which would fail the same way with a
         # traceback, so point it at /dev/null first.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         if isinstance(error, BrokenPipeError):
             # The reader left early (`... | head -1`), and wants no message either.
             raise SystemExit(1) from None

@@ -118,6 +118,7 @@ def _after_fork_in_child() -> None:
     _descriptors.clear()
     _local.holding = False
     _deferred.clear()
+    _stuck_until.clear()
 
 
 os.register_at_fork(
@@ -149,7 +150,9 @@ class MultiProcessCollector(upstream.MultiProcessCollector):
         with _locked(directory, fcntl.LOCK_SH):
             families = _collect(directory)
         if _is_deferred(directory):  # a signal handler asked for a merge meanwhile
-            _compact(directory, set())
+            # The merge stays put off if it fails; the scrape it follows must not fail.
+            with contextlib.suppress(OSError):
+                _compact(directory, set())
         return families
 
 
@@ -354,7 +357,10 @@ def _read_archive(directory: Path, kind: str) -> tuple[dict[str, list[float]], s
     start = used + len(_RECORD_MARK) + 4
     record = json.loads(data[start : start + length])
     if (version := record.get("version")) != _ARCHIVE_VERSION:
-        msg = f"{path} is an archive of version {version!r}, which this release cannot read"
+        msg = (
+            f"{path} is an archive of version {version!r};"
+            f" this release reads version {_ARCHIVE_VERSION}"
+        )
         raise ValueError(msg)
     return record["partials"], set(record["absorbed"])
 
@@ -454,6 +460,8 @@ def _unfinished_claims(directory: Path, names: list[str]) -> list[str]:
             (directory / name).unlink()
         elif _CLAIMED_FILE.fullmatch(name) or _CLAIMED_GAUGE_FILE.fullmatch(name):
             claims.append(name)
+    if not claims:  # the usual case, where reading the archives would cost every merge
+        return []
     absorbed = {name for kind in _ADDITIVE for name in _read_archive(directory, kind)[1]}
     pending = []
     for name in claims:
