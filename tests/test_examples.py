@@ -174,6 +174,28 @@ def test_gunicorn_usr2_upgrade_keeps_every_count(tmp_path: Path) -> None:
     assert expected[key("shop_pings_total")] > 0
 
 
+def test_gunicorn_master_survives_a_merge_that_fails(tmp_path: Path) -> None:
+    """A worker's merge that fails is logged, and the master goes on replacing workers."""
+    gunicorn = require_tool("gunicorn")
+    port = free_port()
+    metrics_dir, log = tmp_path / "metrics", tmp_path / "log"
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "SHOP_BIND": f"127.0.0.1:{port}",
+        "SHOP_WORKERS": "2",
+    }
+    base = f"http://127.0.0.1:{port}"
+    with serving(gunicorn_shop(gunicorn), f"{base}/metrics", tmp_path, log, env) as master:
+        # An archive that this library did not write: every merge raises ValueError.
+        (metrics_dir / "counter_archive.db").write_bytes(bytes(8))
+        victim = min(wait_for_workers(master.pid, 2))
+        os.kill(victim, signal.SIGKILL)
+        wait_for_workers(master.pid, 2, gone=victim)
+        assert fetch(f"{base}/ping") == ""  # 204, from a worker of the master that lives on
+        assert master.poll() is None
+    assert f"Could not merge the metrics files of worker {victim}" in log.read_text()
+
+
 def test_real_prometheus_scrapes_the_fastapi_app_and_runs_the_rules(tmp_path: Path) -> None:
     """A real Prometheus scrapes the FastAPI app, sees its exact values and runs every rule."""
     app_port = free_port()

@@ -26,6 +26,14 @@ class _Worker(Protocol):
     pid: int
 
 
+class _Logger(Protocol):
+    def exception(self, message: str, *arguments: object) -> None: ...
+
+
+class _Server(Protocol):
+    log: _Logger
+
+
 HERE = Path(__file__).resolve().parent
 sys.path.extend([str(HERE), str(HERE.parent)])
 
@@ -50,6 +58,10 @@ def on_starting(server: _Arbiter) -> None:
         multiprocess.clear()
 
 
-def child_exit(server: object, worker: _Worker) -> None:  # noqa: ARG001
+def child_exit(server: _Server, worker: _Worker) -> None:
     """Merge the files of a worker that exited, however it died, into the archives."""
-    multiprocess.mark_process_dead(worker.pid)
+    try:
+        multiprocess.mark_process_dead(worker.pid)
+    except Exception:
+        # gunicorn would halt on it; the merge stays put off for the next one to retry.
+        server.log.exception("Could not merge the metrics files of worker %s", worker.pid)
