@@ -189,6 +189,9 @@ def test_gunicorn_master_survives_a_merge_that_fails(tmp_path: Path) -> None:
         # An archive that this library did not write: every merge raises ValueError.
         (metrics_dir / "counter_archive.db").write_bytes(bytes(8))
         victim = min(wait_for_workers(master.pid, 2))
+        # A worker killed before it imported the app has no file, and nothing to merge.
+        victims_file = metrics_dir / f"counter_{victim}.db"
+        assert poll(victims_file.exists, bool), f"worker {victim} wrote no counter file"
         os.kill(victim, signal.SIGKILL)
         wait_for_workers(master.pid, 2, gone=victim)
         assert fetch(f"{base}/ping") == ""  # 204, from a worker of the master that lives on
