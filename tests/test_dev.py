@@ -97,23 +97,31 @@ def is_running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def sigterm_ignoring_child(started: str = "") -> subprocess.Popen[bytes]:
+    """Start, in a session of its own, a child that ignores SIGTERM, then runs ``started``."""
+    code = (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"{started}\n"
+        "print('ignoring', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True
+    )
+
+
 def test_stop_kills_the_whole_group_of_a_child_that_ignores_sigterm(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A child that outlasts its SIGTERM is killed, and so is the worker it started."""
     monkeypatch.setattr(dev, "STOP_SECONDS", 0.5)
-    code = (
-        "import signal, subprocess, sys, time\n"
-        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-        "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-        "print(worker.pid, flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    with subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True
-    ) as child:
+    sleeper = "[sys.executable, '-c', 'import time; time.sleep(60)']"
+    started = f"print(subprocess.Popen({sleeper}).pid, flush=True)"
+    with sigterm_ignoring_child(started) as child:
         assert child.stdout is not None
         worker = int(child.stdout.readline())
+        assert child.stdout.readline() == b"ignoring\n"
         dev.stop(child)
         assert child.returncode == -signal.SIGKILL
     deadline = time.monotonic() + 10
@@ -126,15 +134,7 @@ def test_stop_kills_the_group_when_interrupted_while_waiting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A SIGTERM or SIGHUP while stop() waits kills the child's group, then goes on."""
-    code = (
-        "import signal, time\n"
-        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-        "print('ignoring', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    with subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True
-    ) as child:
+    with sigterm_ignoring_child() as child:
         assert child.stdout is not None
         assert child.stdout.readline() == b"ignoring\n"
         wait = child.wait

@@ -97,6 +97,7 @@ _opening = threading.RLock()
 # signal handlers, and only the merges of that directory, one at a time since each holds
 # its lock, take from it. None stands for a sweep.
 _local = threading.local()
+# Keyed by str, since a Path hashes in Python code that a signal handler could interrupt.
 _deferred: dict[str, deque[set[int] | None]] = {}
 
 
@@ -392,7 +393,6 @@ def _compact(directory: Path, pids: set[int] | None) -> int:
     The merges put off for the directory run too, and so do those that a signal handler
     asks for meanwhile.
     """
-    # A str key, since a Path hashes in Python code that a signal handler could interrupt.
     key = str(directory)
     merged = 0
     while not getattr(_local, "holding", False):
@@ -404,7 +404,7 @@ def _compact(directory: Path, pids: set[int] | None) -> int:
                 try:
                     merged += _merge(directory, pids)
                 except BaseException:
-                    _deferred.setdefault(key, deque()).append(pids)
+                    _defer(directory, pids)
                     raise
         if not taken:
             _stuck_until[key] = time.monotonic() + _LOCK_TIMEOUT
@@ -412,8 +412,12 @@ def _compact(directory: Path, pids: set[int] | None) -> int:
         if not _is_deferred(directory):
             return merged
         pids = set()
-    _deferred.setdefault(key, deque()).append(pids)
+    _defer(directory, pids)
     return merged
+
+
+def _defer(directory: Path, pids: set[int] | None) -> None:
+    _deferred.setdefault(str(directory), deque()).append(pids)
 
 
 def _is_deferred(directory: Path) -> bool:
