@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from http.client import HTTPException
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import pytest
 from hypothesis import strategies as st
@@ -814,3 +814,12 @@ def config_documents() -> st.SearchStrategy[dict[str, object]]:
         return st.fixed_dictionaries({}, optional=optional)
 
     return table(_config.Settings)
+
+
+# The lock files that merges and servers of a multiprocess directory create, and leave.
+LOCKS: Final = frozenset({"veza_merge.lock", "veza_server.lock"})
+
+
+def file_names(directory: Path) -> set[str]:
+    """Return the names of the files in the multiprocess ``directory``, but the lock files."""
+    return {path.name for path in directory.iterdir()} - LOCKS

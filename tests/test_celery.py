@@ -26,18 +26,21 @@ from celery import Celery, signals
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import Worker, fetch, free_port, listening_processes, samples, worker_samples
+from helpers import (
+    Worker,
+    fetch,
+    file_names,
+    free_port,
+    listening_processes,
+    samples,
+    worker_samples,
+)
 from veza_business_metrics.celery import setup
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from celery.worker import WorkController
-
-
-def names(directory: Path) -> set[str]:
-    """Return the names of the files in ``directory``."""
-    return {path.name for path in directory.iterdir()}
 
 
 def refused(url: str) -> bool:
@@ -155,7 +158,7 @@ def test_the_main_process_serves_every_process_on_one_port(
     live.record(2)
     assert samples(fetch(url)) == worker_samples(5)
     # The scrape merged the exited process first; a second one counts nothing twice.
-    assert not any(str(exited.pid) in name for name in names(directory))
+    assert not any(str(exited.pid) in name for name in file_names(directory))
     assert samples(fetch(url)) == worker_samples(5)
     worker.stop()
     assert refused(url)
@@ -177,7 +180,7 @@ def test_a_starting_pool_process_merges_those_that_exited(
     exited.exit()
     killed.kill()
     signals.worker_process_init.send(sender="celery@localhost")
-    assert names(directory) == {
+    assert file_names(directory) == {
         "counter_archive.db",
         "histogram_archive.db",
         f"counter_{live.pid}.db",
@@ -188,7 +191,7 @@ def test_a_starting_pool_process_merges_those_that_exited(
     workers.append(gone)
     gone.exit()
     signals.worker_process_init.send(sender="celery@localhost")
-    assert f"counter_{gone.pid}.db" in names(directory)
+    assert f"counter_{gone.pid}.db" in file_names(directory)
 
 
 def test_workers_of_other_apps_are_left_alone(

@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import multiprocess as stock
 from prometheus_client.mmap_dict import MmapedDict
 
-from helpers import Worker, samples, worker_samples
+from helpers import Worker, file_names, samples, worker_samples
 from veza_business_metrics import multiprocess
 
 if TYPE_CHECKING:
@@ -67,11 +67,6 @@ def both_families(directory: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 # Named once, since most tests end by checking that nothing but them is left.
 ARCHIVES: Final = {"counter_archive.db", "histogram_archive.db"}
-
-
-def names(directory: Path) -> set[str]:
-    """Return the names of the files in ``directory``."""
-    return {path.name for path in directory.iterdir()}
 
 
 @pytest.fixture
@@ -113,7 +108,7 @@ def test_a_file_being_created_is_read_as_empty(directory: Path, workers: list[Wo
     with pytest.raises(struct.error):
         stock_scrape(directory)
     assert multiprocess.sweep(directory) == 2
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(2)
 
 
@@ -125,7 +120,7 @@ def test_mark_process_dead_merges_every_metric_into_one_archive_per_type(
     before = both_families(directory)[1]
     multiprocess.mark_process_dead(first.pid, directory)
     multiprocess.mark_process_dead(second.pid, str(directory))
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(8)
     assert both_families(directory) == (before, before)
 
@@ -151,11 +146,11 @@ def test_merging_twice_and_merging_nothing_change_nothing(
     """A second call for the same pid, or one for a pid with no files, merges nothing."""
     (worker,) = dead_workers(directory, workers, [4])
     multiprocess.mark_process_dead(worker.pid, directory)
-    merged = {name: (directory / name).read_bytes() for name in names(directory)}
+    merged = {name: (directory / name).read_bytes() for name in file_names(directory)}
     multiprocess.mark_process_dead(worker.pid, directory)
     multiprocess.mark_process_dead(2**22 + 1, directory)
     assert multiprocess.sweep(directory) == 0
-    assert {name: (directory / name).read_bytes() for name in names(directory)} == merged
+    assert {name: (directory / name).read_bytes() for name in file_names(directory)} == merged
 
 
 def test_sweep_merges_the_dead_and_leaves_the_running(
@@ -171,7 +166,7 @@ def test_sweep_merges_the_dead_and_leaves_the_running(
     killed.record(5)
     killed.kill()
     assert multiprocess.sweep(directory) == 4
-    assert names(directory) == {
+    assert file_names(directory) == {
         f"counter_{live.pid}.db",
         f"histogram_{live.pid}.db",
         *ARCHIVES,
@@ -190,9 +185,9 @@ def test_gauges_follow_prometheus_clients_rules(directory: Path) -> None:
         print(os.getpid())
     """)
     pid = int(run_in_directory(directory, code))
-    assert names(directory) == {f"gauge_livesum_{pid}.db", f"gauge_all_{pid}.db"}
+    assert file_names(directory) == {f"gauge_livesum_{pid}.db", f"gauge_all_{pid}.db"}
     multiprocess.mark_process_dead(pid, directory)
-    assert names(directory) == {f"gauge_all_{pid}.db"}
+    assert file_names(directory) == {f"gauge_all_{pid}.db"}
     assert scrape(directory) == {("last_seen", (("pid", str(pid)),)): 7.0}
     assert multiprocess.sweep(directory) == 0
 
@@ -222,7 +217,7 @@ def test_summaries_are_merged(directory: Path) -> None:
     pids = [int(run_in_directory(directory, code)) for _ in range(2)]
     for pid in pids:
         multiprocess.mark_process_dead(pid, directory)
-    assert names(directory) == {"summary_archive.db"}
+    assert file_names(directory) == {"summary_archive.db"}
     assert scrape(directory) == {
         ("payload_bytes_count", ()): 2.0,
         ("payload_bytes_sum", ()): 1024.0,
@@ -248,11 +243,11 @@ def test_a_process_that_reused_a_pid_and_continues_its_file_loses_nothing(
     multiprocess.mark_process_dead(heir.pid, directory)
     assert multiprocess.sweep(directory) == 0
     heir.record(1)
-    assert names(directory) == {f"counter_{heir.pid}.db", f"histogram_{heir.pid}.db"}
+    assert file_names(directory) == {f"counter_{heir.pid}.db", f"histogram_{heir.pid}.db"}
     assert scrape(directory) == worker_samples(6)
     heir.exit()
     multiprocess.mark_process_dead(heir.pid, directory)
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(6)
 
 
@@ -288,12 +283,12 @@ def test_a_file_that_its_process_has_open_is_left_alone(directory: Path, how: st
         pid = int(holder.stdout.readline())
         assert multiprocess.sweep(directory) == 0
         multiprocess.mark_process_dead(pid, directory)
-        assert names(directory) == {f"counter_{pid}.db"}
+        assert file_names(directory) == {f"counter_{pid}.db"}
         holder.stdin.write("exit\n")
         holder.stdin.close()
         assert holder.wait(timeout=30) == 0
     assert multiprocess.sweep(directory) == 1
-    assert names(directory) == {"counter_archive.db"}
+    assert file_names(directory) == {"counter_archive.db"}
     assert scrape(directory) == {("c_total", ()): 1.0}
 
 
@@ -304,7 +299,7 @@ def test_a_file_that_a_running_process_of_its_pid_does_not_hold_is_merged(
     (dead,) = dead_workers(directory, workers, [2])
     move_files(directory, dead.pid, os.getpid())
     assert multiprocess.sweep(directory) == 1
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(2)
 
 
@@ -317,7 +312,7 @@ def test_a_new_file_under_a_merged_pid_is_merged_once(
     move_files(directory, second.pid, first.pid)
     multiprocess.mark_process_dead(first.pid, directory)
     assert scrape(directory) == worker_samples(7)
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
 
 
 # Runs a merge in a process that SIGKILLs itself at one filesystem change: argv holds the
@@ -381,7 +376,7 @@ def test_a_merge_killed_at_any_change_loses_and_repeats_nothing(
     for die_at in range(1, 100):
         directory = tmp_path / f"killed-at-{die_at}"
         directory.mkdir()
-        for name in names(template):
+        for name in file_names(template):
             (directory / name).write_bytes((template / name).read_bytes())
         result = merge_in_a_process(directory, die_at, pid)
         if result.returncode == 0:
@@ -393,7 +388,7 @@ def test_a_merge_killed_at_any_change_loses_and_repeats_nothing(
         multiprocess.mark_process_dead(first.pid, directory)
         multiprocess.mark_process_dead(second.pid, directory)
         assert scrape(directory) == expected, f"scrape after recovering from {point}"
-        assert names(directory) == ARCHIVES, point
+        assert file_names(directory) == ARCHIVES, point
     assert int(result.stdout) == len(points) > 0, points
     # Every kind of step was a place to die: claims, the archive, its replacement, cleanup.
     assert {point.split()[0] for point in points} == {
@@ -417,7 +412,7 @@ def test_a_process_killed_between_a_claim_and_its_undoing_keeps_its_file(
         (directory / f"{kind}_{live.pid}.db").rename(directory / claim)
     assert scrape(directory) == worker_samples(2)
     assert multiprocess.sweep(directory) == 0
-    assert names(directory) == {f"counter_{live.pid}.db", f"histogram_{live.pid}.db"}
+    assert file_names(directory) == {f"counter_{live.pid}.db", f"histogram_{live.pid}.db"}
     live.record(1)
     assert scrape(directory) == worker_samples(3)
 
@@ -438,7 +433,7 @@ def test_a_leftover_claim_never_replaces_the_file_of_a_process_that_reused_its_p
         (directory / f"{kind}_{dead.pid}.db").rename(directory / claim)
     assert scrape(directory) == worker_samples(5)
     assert multiprocess.sweep(directory) == 1
-    assert names(directory) == {
+    assert file_names(directory) == {
         f"counter_{heir.pid}.db",
         f"histogram_{heir.pid}.db",
         *ARCHIVES,
@@ -464,7 +459,7 @@ def test_a_claim_is_not_given_back_over_a_file_created_meanwhile(
 
     monkeypatch.setattr(multiprocess, "_in_use", created_after_the_claim)
     multiprocess.mark_process_dead(first.pid, directory)
-    assert names(directory) == {
+    assert file_names(directory) == {
         f"counter_{first.pid}.db",
         f"histogram_{first.pid}.db",
         *ARCHIVES,
@@ -486,7 +481,7 @@ def test_a_merge_killed_while_giving_a_claim_back_counts_it_once(
         )
     assert scrape(directory) == worker_samples(2)
     assert multiprocess.sweep(directory) == 0
-    assert names(directory) == {f"counter_{live.pid}.db", f"histogram_{live.pid}.db"}
+    assert file_names(directory) == {f"counter_{live.pid}.db", f"histogram_{live.pid}.db"}
     live.record(1)
     assert scrape(directory) == worker_samples(3)
 
@@ -526,7 +521,7 @@ def test_concurrent_merges_and_scrapes_stay_exact(directory: Path, workers: list
     assert [merge.wait(timeout=60) for merge in merges] == [0] * 8
     assert scrapes > 0
     assert scrape(directory) == expected
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
 
 
 def test_threads_of_one_process_exclude_each_other(directory: Path, workers: list[Worker]) -> None:
@@ -546,7 +541,7 @@ def test_clear_keeps_only_this_processs_files(directory: Path, workers: list[Wor
     own.write_bytes((directory / "counter_archive.db").read_bytes())
     (directory / f"counter_1.{'0' * 32}.merging").write_bytes(b"")
     multiprocess.clear(directory / ".." / directory.name)
-    assert names(directory) == {own.name}
+    assert file_names(directory) == {own.name}
 
 
 def test_clear_uses_the_environment(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -554,7 +549,7 @@ def test_clear_uses_the_environment(directory: Path, monkeypatch: pytest.MonkeyP
     (directory / "counter_1.db").write_bytes(b"")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
     multiprocess.clear()
-    assert names(directory) == set()
+    assert file_names(directory) == set()
     assert multiprocess.sweep() == 0
     multiprocess.mark_process_dead(1)
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
@@ -588,9 +583,9 @@ def test_an_archive_of_another_version_is_refused(
     """An archive that a release with another format wrote raises ValueError, not a guess."""
     (dead,) = dead_workers(directory, workers, [1])
     with monkeypatch.context() as patch:
-        patch.setattr(multiprocess, "_ARCHIVE_VERSION", 2)
+        patch.setattr(multiprocess, "_ARCHIVE_VERSION", 3)
         multiprocess.mark_process_dead(dead.pid, directory)
-    with pytest.raises(ValueError, match=r"archive of version 2; this release reads version 1"):
+    with pytest.raises(ValueError, match=r"archive of version 3; this release reads version 2"):
         scrape(directory)
 
 
@@ -601,7 +596,7 @@ def test_a_merge_leaves_other_temporary_files_alone(
     (directory / "notes.tmp").write_text("not ours")
     (dead,) = dead_workers(directory, workers, [1])
     multiprocess.mark_process_dead(dead.pid, directory)
-    assert names(directory) == {"notes.tmp", *ARCHIVES}
+    assert file_names(directory) == {"notes.tmp", *ARCHIVES}
 
 
 def test_without_procfs_a_running_pid_is_left_alone(
@@ -613,7 +608,7 @@ def test_without_procfs_a_running_pid_is_left_alone(
     live = Worker(directory)
     workers.append(live)
     assert multiprocess.sweep(directory) == 1
-    assert names(directory) == {
+    assert file_names(directory) == {
         f"counter_{live.pid}.db",
         f"histogram_{live.pid}.db",
         *ARCHIVES,
@@ -632,7 +627,7 @@ def test_unreadable_process_descriptors_count_as_in_use(
     monkeypatch.setattr(multiprocess, "_PROC", proc)
     assert multiprocess.sweep(directory) == 0
     multiprocess.mark_process_dead(dead.pid, directory)
-    assert names(directory) == {f"counter_{dead.pid}.db", f"histogram_{dead.pid}.db"}
+    assert file_names(directory) == {f"counter_{dead.pid}.db", f"histogram_{dead.pid}.db"}
 
 
 def test_is_running_tells_live_from_dead_pids(workers: list[Worker], directory: Path) -> None:
@@ -654,8 +649,8 @@ def test_a_hidden_process_that_runs_keeps_its_files(
     workers.append(live)
     assert multiprocess.sweep(directory) == 1
     multiprocess.mark_process_dead(live.pid, directory)
-    assert f"counter_{live.pid}.db" in names(directory)
-    assert f"counter_{dead.pid}.db" not in names(directory)
+    assert f"counter_{live.pid}.db" in file_names(directory)
+    assert f"counter_{dead.pid}.db" not in file_names(directory)
 
 
 def test_mark_process_dead_refuses_a_pid_that_is_not_an_int(directory: Path) -> None:
@@ -689,7 +684,7 @@ def test_a_late_call_for_a_reused_pid_keeps_the_live_gauge(
         pid = int(heir.stdout.readline())
         move_files(directory, dead.pid, pid)
         multiprocess.mark_process_dead(pid, directory)
-        assert names(directory) == {
+        assert file_names(directory) == {
             f"gauge_livesum_{pid}.db",
             *ARCHIVES,
         }
@@ -697,7 +692,7 @@ def test_a_late_call_for_a_reused_pid_keeps_the_live_gauge(
         heir.stdin.close()
         assert heir.wait(timeout=30) == 0
     multiprocess.mark_process_dead(pid, directory)
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
 
 
 def test_only_the_files_in_use_are_given_back(directory: Path, workers: list[Worker]) -> None:
@@ -715,7 +710,7 @@ def test_only_the_files_in_use_are_given_back(directory: Path, workers: list[Wor
     (directory / f"histogram_{dead.pid}.db").rename(directory / f"histogram_{heir.pid}.db")
     multiprocess.mark_process_dead(heir.pid, directory)
     (directory / "heirs-own").rename(directory / f"histogram_{heir.pid}.db")
-    assert names(directory) == {
+    assert file_names(directory) == {
         f"counter_{heir.pid}.db",
         f"histogram_{heir.pid}.db",
         "histogram_archive.db",
@@ -732,7 +727,7 @@ def test_a_directory_named_with_glob_characters_loses_its_live_gauges(tmp_path: 
     code += "Gauge('g', 'G.', multiprocess_mode='liveall').set(1)\nprint(os.getpid())"
     pid = int(run_in_directory(directory, code))
     multiprocess.mark_process_dead(pid, directory)
-    assert names(directory) == set()
+    assert file_names(directory) == set()
 
 
 # Takes the shared lock as a scrape does, forks a child that sleeps, then lets go.
@@ -741,7 +736,7 @@ FORK_DURING_A_SCRAPE = textwrap.dedent("""
     from pathlib import Path
     from veza_business_metrics import multiprocess
 
-    with multiprocess._locked(Path(sys.argv[1]), fcntl.LOCK_SH):
+    with multiprocess._locked(Path(sys.argv[1]), exclusive=False, timeout=60):
         child = os.fork()
         if child == 0:
             os.closerange(0, 3)  # so that the test does not wait for it to read the output
@@ -771,7 +766,7 @@ def test_a_process_forked_during_a_scrape_does_not_keep_the_lock(
         finally:
             os.close(descriptor)
         multiprocess.mark_process_dead(dead.pid, directory)
-        assert names(directory) == ARCHIVES
+        assert file_names(directory) == ARCHIVES
     finally:
         os.kill(child, signal.SIGKILL)
 
@@ -796,7 +791,7 @@ def test_a_merge_from_a_signal_handler_during_a_merge_does_not_deadlock(
         multiprocess.mark_process_dead(outer.pid, directory)
     finally:
         signal.signal(signal.SIGUSR1, previous)
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(5)
 
 
@@ -817,7 +812,7 @@ def test_a_file_opened_just_before_its_claim_is_given_back(
     monkeypatch.setattr(multiprocess, "_in_use", opened_after_the_first_look)
     multiprocess.mark_process_dead(live.pid, directory)
     assert looks == [live.pid, live.pid]
-    assert names(directory) == {f"counter_{live.pid}.db", f"histogram_{live.pid}.db"}
+    assert file_names(directory) == {f"counter_{live.pid}.db", f"histogram_{live.pid}.db"}
     live.record(1)
     assert scrape(directory) == worker_samples(3)
 
@@ -842,7 +837,7 @@ def test_a_live_gauge_opened_just_before_its_claim_is_given_back(
 
         monkeypatch.setattr(multiprocess, "_in_use", opened_after_the_first_look)
         multiprocess.mark_process_dead(pid, directory)
-        assert names(directory) == {f"gauge_livesum_{pid}.db"}
+        assert file_names(directory) == {f"gauge_livesum_{pid}.db"}
         assert scrape(directory) == {("in_flight", ()): 2.0}
         heir.stdin.close()
         assert heir.wait(timeout=30) == 0
@@ -852,20 +847,22 @@ def test_a_forked_child_forgets_the_locks_of_its_parent(directory: Path) -> None
     """After a fork, the child closes its copies of the lock's descriptors and resets."""
     # What a fork does while this process holds the lock, short of the fork itself: the
     # child runs its hook with copies of its parent's descriptors and the guard held.
-    with multiprocess._locked(directory, fcntl.LOCK_SH):
-        (descriptor,) = multiprocess._descriptors
-        copy = os.dup(descriptor)
+    with multiprocess._locked(directory, exclusive=False, timeout=60):
+        descriptors = set(multiprocess._descriptors)
+        assert len(descriptors) == 2  # the merge lock file's and the directory's
+        copies = {os.dup(descriptor) for descriptor in descriptors}
         multiprocess._descriptors.clear()
-        multiprocess._descriptors.add(copy)
+        multiprocess._descriptors.update(copies)
         parents = multiprocess._opening
         multiprocess._before_fork()
         multiprocess._after_fork_in_child()
         parents.release()
-        multiprocess._descriptors.add(descriptor)
+        multiprocess._descriptors.update(descriptors)
         assert multiprocess._opening is not parents
         assert not multiprocess._local.holding
-        with pytest.raises(OSError, match="Bad file descriptor"):
-            os.fstat(copy)
+        for copy in copies:
+            with pytest.raises(OSError, match="Bad file descriptor"):
+                os.fstat(copy)
 
 
 def test_a_forked_child_resets_even_if_a_descriptor_was_closed_already() -> None:
@@ -889,7 +886,8 @@ def test_a_put_off_merge_that_fails_after_a_scrape_keeps_the_scrape(
 ) -> None:
     """A scrape returns its families even if the merge put off until after it fails."""
     (dead,) = dead_workers(directory, workers, [2])
-    with multiprocess._locked(directory.resolve(), fcntl.LOCK_SH):  # as a scrape holds it
+    # As a scrape holds it.
+    with multiprocess._locked(directory.resolve(), exclusive=False, timeout=60):
         multiprocess.mark_process_dead(dead.pid, directory)
 
     def failing(directory: Path, _: set[int] | None) -> int:
@@ -900,7 +898,7 @@ def test_a_put_off_merge_that_fails_after_a_scrape_keeps_the_scrape(
         assert scrape(directory) == worker_samples(2)
     assert multiprocess._is_deferred(directory.resolve())
     multiprocess.sweep(directory)
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
 
 
 @pytest.mark.timeout(60)
@@ -924,7 +922,7 @@ def test_a_merge_from_a_signal_handler_while_opening_the_lock_does_not_deadlock(
         multiprocess.mark_process_dead(first.pid, directory)
     finally:
         signal.signal(signal.SIGUSR1, previous)
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(3)
 
 
@@ -950,7 +948,7 @@ def test_a_merge_between_the_fork_hooks_does_not_deadlock(
         timeout=60,
         check=True,
     )
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
 
 
 def test_merges_put_off_at_once_by_many_threads_all_run(
@@ -963,7 +961,7 @@ def test_merges_put_off_at_once_by_many_threads_all_run(
     for pid in pids:
         for kind in ("counter", "histogram"):
             shutil.copy(directory / f"{kind}_{dead.pid}.db", directory / f"{kind}_{pid}.db")
-    monkeypatch.setattr(multiprocess, "_flock_before", lambda *_: False)  # scrapes never end
+    monkeypatch.setattr(multiprocess, "_flock", lambda *_: False)  # scrapes never end
     previous = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # threads switch often enough to interleave the put-offs
     try:
@@ -971,10 +969,10 @@ def test_merges_put_off_at_once_by_many_threads_all_run(
             list(pool.map(lambda pid: multiprocess.mark_process_dead(pid, directory), pids))
     finally:
         sys.setswitchinterval(previous)
-    assert len(names(directory)) == 2 * 401
+    assert len(file_names(directory)) == 2 * 401
     monkeypatch.undo()
     multiprocess.mark_process_dead(dead.pid, directory)
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(401)
 
 
@@ -1039,7 +1037,7 @@ STUCK_SCRAPE = textwrap.dedent("""
     from pathlib import Path
     from veza_business_metrics import multiprocess
 
-    with multiprocess._locked(Path(sys.argv[1]), fcntl.LOCK_SH):
+    with multiprocess._locked(Path(sys.argv[1]), exclusive=False, timeout=60):
         print("holding", flush=True)
         sys.stdin.readline()
 """)
@@ -1066,14 +1064,14 @@ def test_a_merge_blocked_by_a_stuck_scrape_is_put_off_not_lost(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A merge gives up waiting after a while; the next merge does what it could not."""
-    monkeypatch.setattr(multiprocess, "_LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(multiprocess, "MERGE_TIMEOUT", 0.2)
     first, second = dead_workers(directory, workers, [2, 3])
     with stuck_scrape(directory):
         multiprocess.mark_process_dead(first.pid, directory)
         assert multiprocess.sweep(directory) == 0
-    assert f"counter_{first.pid}.db" in names(directory)
+    assert f"counter_{first.pid}.db" in file_names(directory)
     multiprocess.mark_process_dead(second.pid, directory)
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(5)
 
 
@@ -1081,7 +1079,7 @@ def test_a_merge_that_fails_keeps_the_merges_it_took_over(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A merge that raises leaves the merges put off before it to the next one."""
-    monkeypatch.setattr(multiprocess, "_LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(multiprocess, "MERGE_TIMEOUT", 0.2)
     first, second = dead_workers(directory, workers, [2, 3])
     with stuck_scrape(directory):
         multiprocess.mark_process_dead(first.pid, directory)
@@ -1094,7 +1092,7 @@ def test_a_merge_that_fails_keeps_the_merges_it_took_over(
         with pytest.raises(OSError, match="Input/output error"):
             multiprocess.mark_process_dead(second.pid, directory)
     multiprocess.mark_process_dead(second.pid, directory)
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
     assert scrape(directory) == worker_samples(5)
 
 
@@ -1102,22 +1100,16 @@ def test_after_one_merge_waited_in_vain_the_next_ones_do_not_wait(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While a scrape is stuck, only the first of several merges waits for it."""
-    monkeypatch.setattr(multiprocess, "_LOCK_TIMEOUT", 1.0)
+    monkeypatch.setattr(multiprocess, "MERGE_TIMEOUT", 1.0)
     dead = dead_workers(directory, workers, [1, 2, 3])
-    flock_before = multiprocess._flock_before
-    patience: list[float] = []
-
-    def measured(descriptor: int, operation: int, deadline: float) -> bool:
-        patience.append(deadline - time.monotonic())
-        return flock_before(descriptor, operation, deadline)
-
-    monkeypatch.setattr(multiprocess, "_flock_before", measured)
+    waited = []
     with stuck_scrape(directory):
         for worker in dead:
+            start = time.monotonic()
             multiprocess.mark_process_dead(worker.pid, directory)
-    assert len(patience) == 3
-    assert patience[0] > 0.5
-    assert max(patience[1:]) <= 0
+            waited.append(time.monotonic() - start)
+    assert waited[0] >= 1.0, waited
+    assert max(waited[1:]) < 0.5, waited
     multiprocess.mark_process_dead(dead[0].pid, directory)
     assert scrape(directory) == worker_samples(6)
 
@@ -1127,11 +1119,12 @@ def test_a_merge_asked_for_during_a_scrape_runs_after_it(
 ) -> None:
     """A merge asked for while this thread scrapes, from a signal handler, runs after it."""
     (dead,) = dead_workers(directory, workers, [2])
-    with multiprocess._locked(directory.resolve(), fcntl.LOCK_SH):  # as a scrape holds it
+    # As a scrape holds it.
+    with multiprocess._locked(directory.resolve(), exclusive=False, timeout=60):
         multiprocess.mark_process_dead(dead.pid, directory)
-        assert f"counter_{dead.pid}.db" in names(directory)
+        assert f"counter_{dead.pid}.db" in file_names(directory)
     assert scrape(directory) == worker_samples(2)
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
 
 
 # Records the fractions in argv[2:] on a counter and a histogram, then prints its pid.
@@ -1172,7 +1165,7 @@ def test_fractional_sums_are_exact_and_never_go_down(directory: Path) -> None:
         totals = scrape(directory)
         assert totals[("work_seconds_total", ())] == exact
         assert totals[("latency_seconds_sum", ())] == exact
-    assert names(directory) == ARCHIVES
+    assert file_names(directory) == ARCHIVES
 
 
 # Below 1e300, forty values cannot add up past the largest double.

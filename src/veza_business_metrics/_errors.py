@@ -13,6 +13,8 @@ _SHOWN_INT_BITS: Final = 256
 # Tracebacks, reprs and the API reference name the public exceptions where users import
 # them from, rather than this private module; pickle finds them there too.
 _PUBLIC_MODULE: Final = "veza_business_metrics"
+# The multiprocess module raises its own, and users import them from there.
+_MULTIPROCESS_MODULE: Final = "veza_business_metrics.multiprocess"
 
 
 class InvalidLabelError(ValueError):
@@ -49,3 +51,15 @@ def shown(value: object) -> str:
     if len(text) <= SHOWN_CHARS:
         return text
     return f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+class DirectoryInUseError(MultiprocessError):
+    """Another live server uses the multiprocess directory that this one was given."""
+
+    __module__ = _MULTIPROCESS_MODULE
+
+
+class LockTimeoutError(TimeoutError):
+    """A process held the multiprocess directory's lock for longer than a call may wait."""
+
+    __module__ = _MULTIPROCESS_MODULE

@@ -28,11 +28,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from veza_business_metrics import multiprocess
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
     from wsgiref.simple_server import WSGIServer
 
     from celery.worker import WorkController
-    from prometheus_client.metrics_core import Metric
 
 __all__ = ["setup"]
 
@@ -109,14 +107,22 @@ class _Endpoint:
             raise SystemExit(msg)
         try:
             registry = CollectorRegistry()
-            _SweepingCollector(registry, directory)
+            multiprocess._SweepingCollector(registry, directory)  # noqa: SLF001
             self._server = start_http_server(self._port, self._addr, registry)[0]
         except (OSError, ValueError) as error:
             msg = f"Cannot serve /metrics on {self._addr}:{self._port}: {error}"
             raise SystemExit(msg) from None
         # Only once the port is ours: a second worker given the same port and directory
-        # by mistake must not delete the first one's files.
-        multiprocess.clear(directory)
+        # by mistake must not delete the first one's files, and one given another port
+        # is refused.
+        try:
+            multiprocess.clear(directory)
+        except (multiprocess.DirectoryInUseError, multiprocess.LockTimeoutError) as error:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            msg = f"Cannot serve /metrics: {error}"
+            raise SystemExit(msg) from None
         self._directory = directory
         # A child keeps every descriptor of its parent: without this, a child outliving
         # a killed main process would keep the port, and a restarted worker could not
@@ -134,16 +140,3 @@ class _Endpoint:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-
-class _SweepingCollector(multiprocess.MultiProcessCollector):
-    """Merge the files of exited processes, then collect every process's metrics."""
-
-    def __init__(self, registry: CollectorRegistry, directory: str) -> None:
-        self._directory = directory
-        super().__init__(registry, directory)
-
-    def collect(self) -> Iterable[Metric]:
-        """Return every family once the files of exited processes are merged."""
-        multiprocess.sweep(self._directory)
-        return super().collect()

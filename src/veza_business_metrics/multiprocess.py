@@ -6,20 +6,32 @@ scrapes slower each day. Here the files of a dead process are merged into one ar
 per type (counter, histogram, summary), which a scrape reads with the live files.
 
 Scrapes and merges exclude each other through an ``fcntl.flock`` on the directory
-itself, so a scrape sees the directory wholly before or wholly after a merge. A merge
-never loses or repeats a count, even when killed at any point:
+itself, so a scrape sees the directory wholly before or wholly after a merge. Both take
+the lock of the file ``veza_merge.lock`` first, a scrape only until it has the
+directory's: a merge that waits for scrapes to finish keeps new ones out, so a stream of
+scrapes cannot put merges off. Every wait is bounded: a scrape waits at most
+``SCRAPE_TIMEOUT`` seconds, then raises :class:`LockTimeoutError`; a merge waits at most
+``MERGE_TIMEOUT`` seconds, then is put off until the next merge or scrape of this
+process. A merge never loses or repeats a count, even when killed at any point:
 
 1. it renames each file to merge to a name that no process will ever open again (the
-   *claim*), so a new process that gets the same pid starts a fresh file;
-2. it writes the new archive to a temporary file, fsyncs it and ``os.replace``-s the old
-   one; the archive records the claimed names it absorbed;
-3. it unlinks the claimed files.
+   *claim*, named after the merge), so a new process that gets the same pid starts a
+   fresh file;
+2. it checks every claimed file, and moves one that does not parse, or that holds a
+   counter value that is negative or not finite, aside as ``*.corrupt``;
+3. it writes the new archive to a temporary file, fsyncs it and ``os.replace``-s the old
+   one; the archive records which merges it absorbed, and ends with a CRC-32 of itself;
+4. it unlinks the claimed files.
 
 A scrape counts claimed files that their archive has not absorbed, and skips the others;
-the next merge finishes what a killed one started. A file is only merged once no process
-with its pid has it open (``/proc/<pid>/fd``), which prometheus_client does from the file's
-creation on; this also protects a worker that reused a dead worker's pid and continued
-its file.
+the next merge finishes what a killed one started. A scrape skips a live file that does
+not parse, and logs it once. A file is only merged once no process with its pid has it
+open (``/proc/<pid>/fd``), which prometheus_client does from the file's creation on; this
+also protects a worker that reused a dead worker's pid and continued its file.
+
+A server that calls :func:`clear` or :func:`attach` holds a shared ``flock`` on
+``veza_server.lock`` for as long as it or a process it forked lives; :func:`clear` takes
+it exclusively first, and refuses to delete anything while another server holds it.
 
 Sums are exact: the archive keeps each series' total as a sum of doubles that lose
 nothing (Shewchuk's partials), and a scrape adds them and the live files' values with
@@ -27,14 +39,14 @@ nothing (Shewchuk's partials), and a scrape adds them and the live files' values
 the same whichever files were merged, so no series goes down when a worker is merged,
 not even by the last bit of a fractional histogram ``_sum``.
 
-This module relies on these prometheus_client internals, tested on 0.20.0 and the newest
-release: the file names ``<type>_<pid>.db`` and ``gauge_<mode>_<pid>.db``; the file format
-(a 4-byte used length, 4 bytes of padding, then entries of a 4-byte key length, the UTF-8
-key padded with spaces to 8 bytes, a value and a timestamp, both doubles; readers stop at
-the used length) and its keys, the JSON of ``[metric name, sample name, labels, help]``;
-the additivity of counter, histogram and summary values per key;
-``MmapedDict.read_all_values_from_file``; ``MultiProcessCollector``'s ``_path``,
-``_read_metrics`` and ``_accumulate_metrics``; and the live gauge modes, ``live*``.
+This module relies on these prometheus_client internals, tested on every minor release
+from 0.20 on: the file names ``<type>_<pid>.db`` and ``gauge_<mode>_<pid>.db``; the file
+format (a 4-byte used length, 4 bytes of padding, then entries of a 4-byte key length,
+the UTF-8 key padded with spaces to 8 bytes, a value and a timestamp, both doubles;
+readers stop at the used length) and its keys, the JSON of ``[metric name, sample name,
+labels, help]``; the additivity of counter, histogram and summary values per key;
+``MultiProcessCollector``'s ``_path``, ``_read_metrics`` and ``_accumulate_metrics``; and
+the live gauge modes, ``live*``.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import re
@@ -49,41 +62,85 @@ import struct
 import threading
 import time
 import uuid
+import zlib
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
+from prometheus_client import CollectorRegistry
+from prometheus_client import exposition as _exposition
 from prometheus_client import multiprocess as upstream
 from prometheus_client.metrics_core import Metric
-from prometheus_client.mmap_dict import MmapedDict
+
+from veza_business_metrics._errors import DirectoryInUseError, LockTimeoutError, MultiprocessError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-    from prometheus_client.registry import CollectorRegistry
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["MultiProcessCollector", "clear", "mark_process_dead", "sweep"]
+__all__ = [
+    "MERGE_TIMEOUT",
+    "SCRAPE_TIMEOUT",
+    "DirectoryInUseError",
+    "LockTimeoutError",
+    "MultiProcessCollector",
+    "attach",
+    "clear",
+    "make_wsgi_app",
+    "mark_process_dead",
+    "sweep",
+]
 
+# How long a scrape, and a clear, wait for the lock before they raise LockTimeoutError: a
+# process stopped while holding it (SIGSTOP, a debugger, a frozen container) must not
+# hang a server's workers. Longer than a merge's wait, so that a merge that waits in vain
+# for a stopped scrape, and keeps new scrapes out meanwhile, does not fail them.
+SCRAPE_TIMEOUT: Final = 5.0
+# How long a merge waits for the lock before it is put off: a gunicorn master must not
+# hang on a stopped process either.
+MERGE_TIMEOUT: Final = 2.0
+# After a merge waited in vain, the merges of the next this many seconds try once
+# without waiting, so that a burst of worker exits does not cost MERGE_TIMEOUT each.
+_STUCK_SECONDS: Final = 5.0
+
+_LOG: Final = logging.getLogger(__name__)
 _ADDITIVE: Final = ("counter", "histogram", "summary")
 _PROCESS_FILE: Final = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(\d+)\.db")
 _LIVE_FILE: Final = re.compile(r"(counter|histogram|summary)_(\d+)\.db")
 _LIVE_GAUGE_FILE: Final = re.compile(r"gauge_live[a-z]+_\d+\.db")
-_CLAIMED_FILE: Final = re.compile(r"(counter|histogram|summary)_(\d+)\.[0-9a-f]{32}\.merging")
+_CLAIMED_FILE: Final = re.compile(r"(counter|histogram|summary)_(\d+)\.([0-9a-f]{32})\.merging")
 _CLAIMED_GAUGE_FILE: Final = re.compile(r"gauge_live[a-z]+_(\d+)\.[0-9a-f]{32}\.merging")
 _TEMPORARY_ARCHIVE: Final = re.compile(r"(counter|histogram|summary)_archive\.[0-9a-f]{32}\.tmp")
-_ARCHIVE_VERSION: Final = 1
+# Every name that prometheus_client or this module writes and clear() may delete: never
+# another program's, since the directory may sit among others on a tmpfs.
+_WRITTEN: Final = re.compile(
+    "|".join(
+        pattern.pattern
+        for pattern in (_PROCESS_FILE, _CLAIMED_FILE, _CLAIMED_GAUGE_FILE, _TEMPORARY_ARCHIVE)
+    )
+    + r"|(?:counter|histogram|summary)_archive\.db"
+)
+_MERGE_LOCK: Final = "veza_merge.lock"
+_SERVER_LOCK: Final = "veza_server.lock"
+_ARCHIVE_VERSION: Final = 2
 _HEADER: Final = 8  # prometheus_client's used length and padding
 # The archive keeps prometheus_client's format up to the used length, so that its reader
-# reads it like a process's file; the archive's own record follows, after this mark.
+# reads it like a process's file; the archive's own record follows, after this mark, and
+# a CRC-32 of everything before it ends the file.
 _RECORD_MARK: Final = b"VBMA"
+_CHECKSUM: Final = struct.Struct("<I")
 _PROC: Final = Path("/proc")
-# How long a merge waits for scrapes to let go of the lock before it leaves its work to
-# the next merge: a scrape stopped half-way must not hang a gunicorn master.
-_LOCK_TIMEOUT: Final = 2.0
-# Until when a directory's merges try the lock once without waiting, after one waited in
-# vain: a burst of worker exits must not hold a gunicorn master for 2 seconds each.
-_stuck_until: dict[str, float] = {}
+# Keys already checked, with whether their values must be at least 0; bounded, since a
+# process may see many keys in its life.
+_MAX_CHECKED_KEYS: Final = 100_000
+_checked_keys: dict[tuple[str, str], bool] = {}
+# Corrupt live files already logged, so that each scrape does not log them again.
+_reported: set[str] = set()
 
+# Until when a directory's merges try the lock once without waiting, after one waited in
+# vain for MERGE_TIMEOUT.
+_stuck_until: dict[str, float] = {}
 # The descriptors through which this process takes the lock. A child forked meanwhile
 # gets copies, which would hold the lock until the child exits: it closes them. The
 # lock that guards the set is reentrant, since a signal handler may run a merge, and
@@ -99,6 +156,9 @@ _opening = threading.RLock()
 _local = threading.local()
 # Keyed by str, since a Path hashes in Python code that a signal handler could interrupt.
 _deferred: dict[str, deque[set[int] | None]] = {}
+# The descriptor of each directory's server lock that this process holds, shared, for
+# its life. Forked workers keep it on purpose: while any of them lives, the server does.
+_serving: dict[str, int] = {}
 
 
 def _before_fork() -> None:
@@ -129,6 +189,20 @@ os.register_at_fork(
 )
 
 
+# What the name of a file set aside says of it.
+_TRUNCATED: Final = "truncated"
+_BAD_KEY: Final = "bad-key"
+_BAD_VALUE: Final = "bad-value"
+
+
+class _CorruptFileError(Exception):
+    """A file that prometheus_client's reader would misread or fail on."""
+
+    def __init__(self, slug: str, reason: str) -> None:
+        super().__init__(reason)
+        self.slug = slug
+
+
 class MultiProcessCollector(upstream.MultiProcessCollector):
     """Collect the metrics of every process, live or merged, as prometheus_client's does.
 
@@ -146,15 +220,71 @@ class MultiProcessCollector(upstream.MultiProcessCollector):
         super().__init__(registry, path)  # type: ignore[no-untyped-call]
 
     def collect(self) -> Iterable[Metric]:
-        """Return every family, summed exactly over the live files and the archives."""
+        """Return every family, summed exactly over the live files and the archives.
+
+        Raises:
+            LockTimeoutError: If another process held the lock for ``SCRAPE_TIMEOUT``.
+            MultiprocessError: If an archive is damaged or of another version.
+        """
         directory = Path(self._path).resolve()
-        with _locked(directory, fcntl.LOCK_SH):
+        with _locked(directory, exclusive=False, timeout=SCRAPE_TIMEOUT) as taken:
+            if not taken:
+                msg = (
+                    f"waited {SCRAPE_TIMEOUT:g} s in vain for the lock on {directory}:"
+                    " a process that holds it is stopped or stuck; the first scrape after"
+                    " it lets go succeeds"
+                )
+                raise LockTimeoutError(msg)
             families = _collect(directory)
         if _is_deferred(directory):  # a signal handler asked for a merge meanwhile
             # The merge stays put off if it fails; the scrape it follows must not fail.
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 _compact(directory, set())
         return families
+
+
+class _SweepingCollector(MultiProcessCollector):
+    """Merge the files of processes that are gone, then collect every process's metrics."""
+
+    def collect(self) -> Iterable[Metric]:
+        """Return every family once the files of exited processes are merged."""
+        try:
+            sweep(self._path)
+        except (OSError, ValueError):
+            # Put off, not lost: the scrape still shows every count, merged or not.
+            _LOG.exception("Could not merge the metrics files in %s", self._path)
+        return super().collect()
+
+
+def make_wsgi_app(path: str | os.PathLike[str] | None = None) -> WSGIApplication:
+    """Return a WSGI app that serves the metrics of every process of the directory.
+
+    Before each scrape it merges the files of processes that are gone, so it suits
+    servers without a hook on a worker's exit. A scrape that cannot take the lock in
+    time, or meets a damaged archive, gets a 503 with the reason.
+
+    Args:
+        path: The multiprocess directory; ``PROMETHEUS_MULTIPROC_DIR`` by default.
+
+    Raises:
+        ValueError: If ``path`` is not given and the variable is not set, or if it is
+            not a directory.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    _SweepingCollector(registry, os.fspath(_directory(path)))
+    served = _exposition.make_wsgi_app(registry)
+
+    def metrics_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            body: Iterable[bytes] = served(environ, start_response)
+        except (LockTimeoutError, MultiprocessError) as error:
+            start_response(
+                "503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")]
+            )
+            return [f"{error}\n".encode()]
+        return body
+
+    return metrics_app
 
 
 def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> None:
@@ -164,6 +294,8 @@ def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> N
     its worker processes has exited. Gauge files other than live ones stay, as
     prometheus_client's own ``mark_process_dead`` leaves them. Files that a running
     process with that pid has open, as a new worker that reused the pid may, stay too.
+    If another process holds the lock for ``MERGE_TIMEOUT`` seconds, the merge is put
+    off until this process's next merge or scrape.
 
     Args:
         pid: The process that exited.
@@ -173,10 +305,10 @@ def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> N
         TypeError: If ``pid`` is not an int.
         ValueError: If ``path`` is not given and the variable is not set.
     """
-    if isinstance(pid, bool) or not isinstance(pid, int):
+    if type(pid) is not int:
         msg = f"pid must be an int, got {type(pid).__name__} {pid!r}"
         raise TypeError(msg)
-    _compact(_directory(path), {int(pid)})
+    _compact(_directory(path), {pid})
 
 
 def sweep(path: str | os.PathLike[str] | None = None) -> int:
@@ -184,7 +316,8 @@ def sweep(path: str | os.PathLike[str] | None = None) -> int:
 
     It is for hosts without a hook on a worker's exit, and for files left while nothing
     was watching. It decides from the pids in the file names, so the directory must only
-    hold files of processes in this host's PID namespace.
+    hold files of processes in this host's PID namespace. With nothing to merge, it takes
+    no lock.
 
     Args:
         path: The multiprocess directory; ``PROMETHEUS_MULTIPROC_DIR`` by default.
@@ -195,35 +328,70 @@ def sweep(path: str | os.PathLike[str] | None = None) -> int:
     Raises:
         ValueError: If ``path`` is not given and the variable is not set.
     """
-    return _compact(_directory(path), None)
+    directory = _directory(path)
+    if not _is_deferred(directory) and not _has_work(directory):
+        return 0
+    return _compact(directory, None)
 
 
 def clear(path: str | os.PathLike[str] | None = None) -> None:
-    """Delete every file in the directory but this process's own: count from zero.
+    """Make this process the directory's server, and delete the files of earlier runs.
 
-    Call it when a server starts cold, before its workers start, so that counts of an
-    earlier run do not add up with the new ones. Never call it while processes of a
-    running server still write there, as during a gunicorn ``USR2`` upgrade.
+    Call it when a server starts cold, once it has bound its port and before its
+    workers start, so that counts of an earlier run do not add up with the new ones. It
+    deletes only the files that prometheus_client and this module write, and keeps
+    this process's own. This process, and the processes it forks, then hold the
+    directory's server lock for their life.
 
     Args:
         path: The multiprocess directory; ``PROMETHEUS_MULTIPROC_DIR`` by default.
 
     Raises:
         ValueError: If ``path`` is not given and the variable is not set.
+        DirectoryInUseError: If another live server uses the directory; nothing is
+            deleted.
+        LockTimeoutError: If another process held the lock for ``SCRAPE_TIMEOUT``.
     """
     directory = _directory(path)
-    # A process that imported prometheus_client's metrics already wrote its zero series,
-    # as a gunicorn master does with --preload: those files are this run's.
-    own = f"_{os.getpid()}.db"
-    with _locked(directory, fcntl.LOCK_EX):
-        for file in directory.iterdir():
-            if not file.name.endswith(own):
-                file.unlink()
+    with _server_lock(directory, alone=True):
+        # A process that imported prometheus_client's metrics already wrote its zero
+        # series, as a gunicorn master does with --preload: those files are this run's.
+        own = f"_{os.getpid()}.db"
+        for entry in os.scandir(directory):
+            if (
+                _WRITTEN.fullmatch(entry.name)
+                and not entry.name.endswith(own)
+                and entry.is_file(follow_symlinks=False)
+            ):
+                Path(entry.path).unlink()
+
+
+def attach(path: str | os.PathLike[str] | None = None) -> None:
+    """Make this process a server of the directory beside the one that runs there.
+
+    Call it instead of :func:`clear` where a new server takes over from a running one
+    without a cold start, as gunicorn's master does after ``USR2``: a later cold start
+    then sees that the directory is in use.
+
+    Args:
+        path: The multiprocess directory; ``PROMETHEUS_MULTIPROC_DIR`` by default.
+
+    Raises:
+        ValueError: If ``path`` is not given and the variable is not set.
+        LockTimeoutError: If another process held the lock for ``SCRAPE_TIMEOUT``.
+    """
+    with _server_lock(_directory(path), alone=False):
+        pass
 
 
 def _directory(path: str | os.PathLike[str] | None) -> Path:
     if path is None:
-        path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        # As prometheus_client's mark_process_dead honours it, silently, so that a legacy
+        # deployment merges the directory that it counts into; its collector warns.
+        path = os.environ.get(
+            "PROMETHEUS_MULTIPROC_DIR",
+            os.environ.get("prometheus_multiproc_dir"),  # noqa: SIM112
+        )
         if not path:
             msg = "path was not given and PROMETHEUS_MULTIPROC_DIR is not set"
             raise ValueError(msg)
@@ -231,38 +399,144 @@ def _directory(path: str | os.PathLike[str] | None) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path, operation: int, timeout: float | None = None) -> Iterator[bool]:
+def _server_lock(directory: Path, *, alone: bool) -> Iterator[None]:
+    """Hold the directory's lock, and this process's share of its server lock, for the block.
+
+    Raises:
+        DirectoryInUseError: If ``alone`` and another server holds a share.
+        LockTimeoutError: If another process held the lock for ``SCRAPE_TIMEOUT``.
+    """
+    # Under the directory's lock, so that no other start converts its lock meanwhile.
+    with _locked(directory, exclusive=True, timeout=SCRAPE_TIMEOUT) as taken:
+        if not taken:
+            msg = (
+                f"waited {SCRAPE_TIMEOUT:g} s in vain for the lock on {directory}: a"
+                " process that holds it is stopped or stuck; nothing was deleted"
+            )
+            raise LockTimeoutError(msg)
+        key = str(directory)
+        descriptor = _serving.get(key)
+        if descriptor is None:
+            descriptor = os.open(directory / _SERVER_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            if alone:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    others = _holders(directory / _SERVER_LOCK)
+                    msg = (
+                        f"{directory} is in use by another server"
+                        f"{f' (pid {others})' if others else ''}: give each server a"
+                        " directory of its own, or stop the other one first; nothing was"
+                        " deleted"
+                    )
+                    raise DirectoryInUseError(msg) from None
+                finally:
+                    # A failed conversion drops the lock this process held: take it
+                    # again, which no other start can prevent while this one has the
+                    # directory's lock.
+                    fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            else:
+                fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BaseException:
+            if key not in _serving:
+                os.close(descriptor)
+            raise
+        _serving[key] = descriptor
+        yield
+
+
+def _holders(lock_file: Path) -> str:
+    """Return the pids of the other processes that hold ``lock_file``, as /proc/locks says."""
+    try:
+        inode = lock_file.stat().st_ino
+        lines = (_PROC / "locks").read_text().splitlines()
+    except OSError:
+        return ""
+    pids = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK ADVISORY READ 1234 fd:01:5678 0 EOF"; waiters have "->" after "1:".
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):  # noqa: PLR2004
+            pid = fields[4]
+            if pid != str(os.getpid()) and pid not in pids:
+                pids.append(pid)
+    return ", ".join(pids)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path, *, exclusive: bool, timeout: float) -> Iterator[bool]:
     """Hold the directory's lock while the block runs; give whether it was taken in time."""
     outer = getattr(_local, "holding", False)
     _local.holding = True
+    deadline = time.monotonic() + timeout
     try:
-        with _opening:
-            # The directory itself, not a lock file: whoever may read the directory, a
-            # worker of another user or an exporter on a read-only mount, may lock it.
-            descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            _descriptors.add(descriptor)
-        try:
-            if timeout is None:
-                fcntl.flock(descriptor, operation)
-                yield True
-            else:
-                yield _flock_before(descriptor, operation, time.monotonic() + timeout)
-        finally:
-            with _opening:
-                _descriptors.discard(descriptor)
-                os.close(descriptor)
+        with _opened(directory, _MERGE_LOCK) as turn, _opened(directory, None) as whole:
+            taken = turn is None or _flock(turn, fcntl.LOCK_EX, deadline)
+            if taken:
+                operation = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+                taken = _flock(cast("int", whole), operation, deadline)
+                if turn is not None and not exclusive:
+                    # A scrape lets the next one in at once; a merge keeps scrapes out
+                    # until it is done, and while it waits for the ones under way.
+                    fcntl.flock(turn, fcntl.LOCK_UN)
+            yield taken
     finally:
         _local.holding = outer
 
 
-def _flock_before(descriptor: int, operation: int, deadline: float) -> bool:
+@contextlib.contextmanager
+def _opened(directory: Path, name: str | None) -> Iterator[int | None]:
+    """Open the directory, or its file ``name``, for a lock; give None if it cannot be."""
+    with _opening:
+        if name is None:
+            # The directory itself, not a file: whoever may read the directory, a worker
+            # of another user or an exporter on a read-only mount, may lock it.
+            descriptor: int | None = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        else:
+            descriptor = _open_lock_file(directory / name)
+        if descriptor is not None:
+            _descriptors.add(descriptor)
+    try:
+        yield descriptor
+    finally:
+        if descriptor is not None:
+            with _opening:
+                _descriptors.discard(descriptor)
+                os.close(descriptor)
+
+
+def _open_lock_file(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:  # created meanwhile by another process
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        # A scraper that may not write there, another user's or on a read-only mount,
+        # takes the directory's lock alone: it merely does not give merges their turn.
+        return None
+    # Whatever the umask: other users' scrapers lock it too.
+    os.fchmod(descriptor, 0o644)
+    return descriptor
+
+
+def _flock(descriptor: int, operation: int, deadline: float) -> bool:
+    pause = 0.001
     while True:
         try:
             fcntl.flock(descriptor, operation | fcntl.LOCK_NB)
         except BlockingIOError:
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            time.sleep(0.005)
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.02)
         else:
             return True
 
@@ -274,7 +548,8 @@ def _collect(directory: Path) -> Iterable[Metric]:
         # prometheus_client creates a file empty, then sizes it: until then it holds
         # nothing, and its reader would fail on it.
         if file.name.startswith("gauge_") and file.name.endswith(".db") and file.stat().st_size:
-            gauges.append(file.path)
+            if _checked(file.path, "gauge") is not None:
+                gauges.append(file.path)
         else:
             names.append(file.name)
     metrics: dict[str, Metric] = upstream.MultiProcessCollector._read_metrics(gauges)  # type: ignore[no-untyped-call]  # noqa: SLF001
@@ -292,25 +567,122 @@ def _collect(directory: Path) -> Iterable[Metric]:
     return families
 
 
+def _checked(path: str, kind: str) -> dict[str, float] | None:
+    """Return what ``_entries`` returns, or None for a file that does not parse, logged once."""
+    try:
+        return _entries(path, kind)
+    except _CorruptFileError as error:
+        if path not in _reported:
+            if len(_reported) < _MAX_CHECKED_KEYS:
+                _reported.add(path)
+            _LOG.error(
+                "Skipped %s in every scrape: %s. Its process's counts are unknowable; it"
+                " is moved aside as *.corrupt once the process exits",
+                path,
+                error,
+            )
+        return None
+
+
 def _additive_values(directory: Path, names: list[str]) -> dict[tuple[str, str], list[float]]:
     """Return what the archives and the files ``names`` hold of each additive key."""
-    absorbed: set[str] = set()
+    absorbed: dict[str, set[str]] = {}
     values: dict[tuple[str, str], list[float]] = defaultdict(list)
     for kind in _ADDITIVE:
-        partials, kind_absorbed = _read_archive(directory, kind)
-        absorbed |= kind_absorbed
+        partials, absorbed[kind] = _read_archive(directory, kind)
         for key, parts in partials.items():
             values[kind, key] += parts
     for name in names:
+        claim = _CLAIMED_FILE.fullmatch(name)
         if _LIVE_FILE.fullmatch(name) or (
-            _CLAIMED_FILE.fullmatch(name)
-            and name not in absorbed
-            and not _given_back(directory, name)
+            claim and claim[3] not in absorbed[claim[1]] and not _given_back(directory, name)
         ):
             kind = name.partition("_")[0]
-            for key, value in _values(directory / name).items():
+            path = os.path.join(directory, name)  # noqa: PTH118  a scrape's hot loop
+            for key, value in (_checked(path, kind) or {}).items():
                 values[kind, key].append(value)
     return values
+
+
+def _entries(path: str | os.PathLike[str], kind: str) -> dict[str, float]:
+    """Return each key of a prometheus_client file with its value, checked.
+
+    Raises:
+        _CorruptFileError: If the file does not parse as prometheus_client writes it, or
+            holds an additive value that is not finite, or a negative count.
+    """
+    with open(path, "rb") as file:  # noqa: PTH123
+        data = file.read()
+    if not data:  # killed between creating its file and sizing it
+        return {}
+    if len(data) < _HEADER:
+        raise _CorruptFileError(_TRUNCATED, "it is shorter than its header")
+    (used,) = struct.unpack_from("i", data)
+    if not _HEADER <= used <= len(data):
+        msg = f"its used length {used} is outside the file's {len(data)} bytes"
+        raise _CorruptFileError(_TRUNCATED, msg)
+    values = {}
+    position = _HEADER
+    while position < used:
+        (length,) = struct.unpack_from("i", data, position) if position + 4 <= used else (0,)
+        end = position + 4 + length + (8 - (length + 4) % 8) + 16
+        if length <= 0 or end > used:
+            msg = f"an entry at byte {position} runs past the used length {used}"
+            raise _CorruptFileError(_TRUNCATED, msg)
+        try:
+            key = data[position + 4 : position + 4 + length].decode("utf-8")
+        except UnicodeDecodeError:
+            msg = f"the key at byte {position} is not UTF-8"
+            raise _CorruptFileError(_BAD_KEY, msg) from None
+        (value,) = struct.unpack_from("d", data, end - 16)
+        counts = _checked_keys.get((kind, key))
+        if counts is None:
+            counts = _check_key(kind, key)
+        if kind != "gauge" and (not math.isfinite(value) or (counts and value < 0)):
+            msg = f"{key} holds {value!r}"
+            raise _CorruptFileError(_BAD_VALUE, msg)
+        if key in values:
+            msg = f"{key} appears twice"
+            raise _CorruptFileError(_BAD_KEY, msg)
+        values[key] = value
+        position = end
+    return values
+
+
+def _check_key(kind: str, key: str) -> bool:
+    """Check ``key`` as prometheus_client writes it; return whether it counts events.
+
+    Raises:
+        _CorruptFileError: If it is not the JSON of ``[metric name, sample name, labels,
+            help]`` that the collectors read.
+    """
+    try:
+        metric_name, name, labels, help_text = json.loads(key)
+    except ValueError:
+        msg = f"the key {key[:100]!r} is not [metric, sample, labels, help] in JSON"
+        raise _CorruptFileError(_BAD_KEY, msg) from None
+    if not (
+        isinstance(metric_name, str)
+        and metric_name
+        and isinstance(name, str)
+        and name.startswith(metric_name)
+        and isinstance(help_text, str)
+        and isinstance(labels, dict)
+        and all(isinstance(value, str) for value in labels.values())
+    ):
+        msg = f"the key {key[:100]!r} is not [metric, sample, labels, help]"
+        raise _CorruptFileError(_BAD_KEY, msg)
+    if kind == "histogram" and name.endswith("_bucket"):
+        try:
+            float(labels["le"])
+        except (KeyError, ValueError):
+            msg = f"the bucket {key[:100]!r} has no numeric le label"
+            raise _CorruptFileError(_BAD_KEY, msg) from None
+    counts = kind == "counter" or name.endswith(("_bucket", "_count"))
+    if len(_checked_keys) >= _MAX_CHECKED_KEYS:
+        _checked_keys.clear()
+    _checked_keys[kind, key] = counts
+    return counts
 
 
 def _sum(parts: list[float]) -> float:
@@ -335,7 +707,7 @@ def _add_exactly(partials: list[float], value: float) -> list[float]:
         error = low - (total - high)
         if error:
             kept.append(error)
-    # Past the largest double, or with an infinity, no exact sum exists.
+    # Past the largest double no exact sum exists.
     return [*kept, total] if math.isfinite(total) else [_sum([*partials, value])]
 
 
@@ -344,16 +716,30 @@ def _archive(directory: Path, kind: str) -> Path:
 
 
 def _read_archive(directory: Path, kind: str) -> tuple[dict[str, list[float]], set[str]]:
-    """Return the partials of each key in the archive of ``kind``, and what it absorbed."""
+    """Return the partials of each key in the archive of ``kind``, and the merges it absorbed.
+
+    Raises:
+        MultiprocessError: If the archive is damaged, not this module's, or of another
+            version.
+    """
     path = _archive(directory, kind)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return {}, set()
+    body = data[: -_CHECKSUM.size]
     used = struct.unpack_from("i", data)[0] if len(data) >= _HEADER else 0
     if used < _HEADER or data[used : used + len(_RECORD_MARK)] != _RECORD_MARK:
         msg = f"{path} is not an archive written by veza_business_metrics"
-        raise ValueError(msg)
+        raise MultiprocessError(msg)
+    if len(data) < used + len(_RECORD_MARK) + 4 + _CHECKSUM.size or (
+        zlib.crc32(body) != _CHECKSUM.unpack_from(data, len(body))[0]
+    ):
+        msg = (
+            f"{path} is damaged: its checksum does not match its content, so its counts"
+            " cannot be trusted; see the multiprocess page of the documentation"
+        )
+        raise MultiprocessError(msg)
     (length,) = struct.unpack_from("I", data, used + len(_RECORD_MARK))
     start = used + len(_RECORD_MARK) + 4
     record = json.loads(data[start : start + length])
@@ -362,20 +748,11 @@ def _read_archive(directory: Path, kind: str) -> tuple[dict[str, list[float]], s
             f"{path} is an archive of version {version!r};"
             f" this release reads version {_ARCHIVE_VERSION}"
         )
-        raise ValueError(msg)
+        raise MultiprocessError(msg)
     return record["partials"], set(record["absorbed"])
 
 
-def _values(path: Path) -> dict[str, float]:
-    if not path.stat().st_size:  # killed between creating its file and sizing it
-        return {}
-    return {
-        key: value
-        for key, value, _, _ in MmapedDict.read_all_values_from_file(os.fspath(path))  # type: ignore[no-untyped-call]
-    }
-
-
-def _encode(partials: dict[str, list[float]], absorbed: list[str]) -> bytes:
+def _encode(partials: dict[str, list[float]], absorbed: set[str]) -> bytes:
     data = bytearray(_HEADER)
     for key, parts in partials.items():
         encoded = key.encode("utf-8")
@@ -384,7 +761,8 @@ def _encode(partials: dict[str, list[float]], absorbed: list[str]) -> bytes:
     struct.pack_into("i", data, 0, len(data))
     record = {"version": _ARCHIVE_VERSION, "absorbed": sorted(absorbed), "partials": partials}
     encoded_record = json.dumps(record).encode("utf-8")
-    return bytes(data) + _RECORD_MARK + struct.pack("I", len(encoded_record)) + encoded_record
+    data += _RECORD_MARK + struct.pack("I", len(encoded_record)) + encoded_record
+    return bytes(data + _CHECKSUM.pack(zlib.crc32(data)))
 
 
 def _compact(directory: Path, pids: set[int] | None) -> int:
@@ -396,10 +774,12 @@ def _compact(directory: Path, pids: set[int] | None) -> int:
     key = str(directory)
     merged = 0
     while not getattr(_local, "holding", False):
-        # Soon after a merge waited in vain, one more try is all a merge makes.
-        patience = _LOCK_TIMEOUT if time.monotonic() >= _stuck_until.get(key, 0) else 0
-        with _locked(directory, fcntl.LOCK_EX, patience) as taken:
+        # Soon after a merge waited in vain, one more try is all a merge makes; a try
+        # that fails does not make that time longer, so merges wait again after it.
+        patience = MERGE_TIMEOUT if time.monotonic() >= _stuck_until.get(key, 0) else 0
+        with _locked(directory, exclusive=True, timeout=patience) as taken:
             if taken:
+                _stuck_until.pop(key, None)
                 pids = _with_deferred(directory, pids)
                 try:
                     merged += _merge(directory, pids)
@@ -407,7 +787,8 @@ def _compact(directory: Path, pids: set[int] | None) -> int:
                     _defer(directory, pids)
                     raise
         if not taken:
-            _stuck_until[key] = time.monotonic() + _LOCK_TIMEOUT
+            if patience:
+                _stuck_until[key] = time.monotonic() + _STUCK_SECONDS
             break
         if not _is_deferred(directory):
             return merged
@@ -433,26 +814,47 @@ def _with_deferred(directory: Path, pids: set[int] | None) -> set[int] | None:
     return pids
 
 
+def _has_work(directory: Path) -> bool:
+    """Tell, without the lock, whether a sweep of ``directory`` would merge anything."""
+    names = os.listdir(directory)  # noqa: PTH208  names, not paths
+    if any(_CLAIMED_FILE.fullmatch(name) or _TEMPORARY_ARCHIVE.fullmatch(name) for name in names):
+        return True
+    for pid, files in _files_by_pid(names, None).items():
+        mergeable = [
+            name
+            for name in files
+            if _LIVE_FILE.fullmatch(name) or _LIVE_GAUGE_FILE.fullmatch(name)
+        ]
+        if len(_in_use(pid, directory, mergeable)) < len(mergeable):
+            return True
+    return False
+
+
 def _merge(directory: Path, pids: set[int] | None) -> int:
     """Merge the files of ``pids``, or of every dead process, holding the lock."""
-    names = [file.name for file in directory.iterdir()]
+    names = os.listdir(directory)  # noqa: PTH208  names, not paths
     pending = _unfinished_claims(directory, names)
     merged = {_pid(name) for name in pending if _CLAIMED_FILE.fullmatch(name)}
+    merge = uuid.uuid4().hex
     for pid, files in _files_by_pid(names, pids).items():
-        claims = _claim(directory, pid, files)
+        claims = _claim(directory, pid, files, merge)
         pending += claims
         merged.update(pid for name in claims if _CLAIMED_FILE.fullmatch(name))
+    if not pending:
+        return 0
     by_kind: dict[str, list[str]] = defaultdict(list)
     for name in pending:
         by_kind[name.partition("_")[0]].append(name)
     # Claims must be on disk before an archive that absorbs them, and archives before
     # the claims they absorbed are unlinked. A live gauge dies with its process.
     _sync(directory)
+    set_aside = set()
     for kind in _ADDITIVE:
-        _absorb(directory, kind, by_kind[kind])
+        set_aside |= _absorb(directory, kind, by_kind[kind])
     _sync(directory)
     for name in pending:
-        (directory / name).unlink()
+        if name not in set_aside:
+            (directory / name).unlink()
     return len(merged)
 
 
@@ -466,10 +868,11 @@ def _unfinished_claims(directory: Path, names: list[str]) -> list[str]:
             claims.append(name)
     if not claims:  # the usual case, where reading the archives would cost every merge
         return []
-    absorbed = {name for kind in _ADDITIVE for name in _read_archive(directory, kind)[1]}
+    absorbed = {kind: _read_archive(directory, kind)[1] for kind in _ADDITIVE}
     pending = []
     for name in claims:
-        if name in absorbed or _given_back(directory, name):
+        claim = _CLAIMED_FILE.fullmatch(name)
+        if (claim and claim[3] in absorbed[claim[1]]) or _given_back(directory, name):
             (directory / name).unlink()
         elif not (_in_use(_pid(name), directory, [name]) and _give_back(directory, name)):
             pending.append(name)
@@ -485,13 +888,13 @@ def _files_by_pid(names: list[str], pids: set[int] | None) -> dict[int, list[str
     return files
 
 
-def _claim(directory: Path, pid: int, files: list[str]) -> list[str]:
+def _claim(directory: Path, pid: int, files: list[str], merge: str) -> list[str]:
     """Claim the files of ``pid``, but gauges other than live ones, that no process uses."""
     in_use = _in_use(pid, directory, files)
     claims = []
     for name in files:
         if name not in in_use and (_LIVE_FILE.fullmatch(name) or _LIVE_GAUGE_FILE.fullmatch(name)):
-            claim = f"{name[:-3]}.{uuid.uuid4().hex}.merging"
+            claim = f"{name[:-3]}.{merge}.merging"
             (directory / name).rename(directory / claim)
             claims.append(claim)
     # Checked again after the claim: a process that reused the pid may have opened a
@@ -576,15 +979,30 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-def _absorb(directory: Path, kind: str, claims: list[str]) -> None:
-    """Replace the archive of ``kind`` with one that adds the values of ``claims``."""
+def _absorb(directory: Path, kind: str, claims: list[str]) -> set[str]:
+    """Replace the archive of ``kind`` with one that adds the values of ``claims``.
+
+    Returns:
+        The claims that it set aside as corrupt instead.
+    """
     if not claims:
-        return
+        return set()
     partials = _read_archive(directory, kind)[0]
+    set_aside = set()
+    absorbed = set()
     for name in claims:
-        for key, value in _values(directory / name).items():
+        try:
+            values = _entries(directory / name, kind)
+        except _CorruptFileError as error:
+            _set_aside(directory, name, error)
+            set_aside.add(name)
+            continue
+        for key, value in values.items():
             partials[key] = _add_exactly(partials.get(key, []), value)
-    data = memoryview(_encode(partials, claims))
+        absorbed.add(name.split(".")[1])
+    if not absorbed:
+        return set_aside
+    data = memoryview(_encode(partials, absorbed))
     temporary = directory / f"{kind}_archive.{uuid.uuid4().hex}.tmp"
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -597,6 +1015,20 @@ def _absorb(directory: Path, kind: str, claims: list[str]) -> None:
     finally:
         os.close(descriptor)
     temporary.replace(_archive(directory, kind))
+    return set_aside
+
+
+def _set_aside(directory: Path, claim: str, error: _CorruptFileError) -> None:
+    """Rename the corrupt ``claim`` to a name that no reader reads, saying why; log it."""
+    corrupt = f"{claim.partition('.')[0]}.{error.slug}.{uuid.uuid4().hex[:8]}.corrupt"
+    (directory / claim).rename(directory / corrupt)
+    _LOG.error(
+        "Moved %s aside as %s instead of merging it: %s. Its process's counts are lost;"
+        " every other total is intact. Keep it to investigate, then delete it",
+        directory / f"{claim.partition('.')[0]}.db",
+        directory / corrupt,
+        error,
+    )
 
 
 def _sync(directory: Path) -> None:
