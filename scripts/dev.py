@@ -229,8 +229,9 @@ def demo(name: str, port: int, *, simulate: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="veza-demo-") as scratch:
         # prometheus_client shares the workers' counters through files there; a cold start
         # deletes every other file of that directory, hence one of its own.
-        metrics_dir = str(Path(scratch) / "metrics")
-        env = {"PROMETHEUS_MULTIPROC_DIR": metrics_dir} if app.multiprocess else {}
+        metrics_dir = Path(scratch) / "metrics"
+        metrics_dir.mkdir()
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)} if app.multiprocess else {}
         rules = Path(scratch) / "rules.yml"
         run(str(python), "-m", "veza_business_metrics", "rules", "--output", str(rules))
         config = prometheus_config(Path(scratch), rules, app, port)

@@ -137,6 +137,7 @@ def test_gunicorn_usr2_upgrade_keeps_every_count(tmp_path: Path) -> None:
     gunicorn = require_tool("gunicorn")
     port = free_port()
     metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
     pidfile = tmp_path / "gunicorn.pid"
     command = gunicorn_shop(gunicorn, "--pid", str(pidfile))
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "SHOP_BIND": f"127.0.0.1:{port}"}
@@ -179,6 +180,7 @@ def test_gunicorn_master_survives_a_merge_that_fails(tmp_path: Path) -> None:
     gunicorn = require_tool("gunicorn")
     port = free_port()
     metrics_dir, log = tmp_path / "metrics", tmp_path / "log"
+    metrics_dir.mkdir()
     env = {
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "SHOP_BIND": f"127.0.0.1:{port}",

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from flask_app import create_app
-from veza_business_metrics.multiprocess import MultiProcessCollector
+from veza_business_metrics.multiprocess import make_wsgi_app
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-
-# The default registry would only see the worker that answers the scrape; this one
-# reads the files of every worker, live or merged, in PROMETHEUS_MULTIPROC_DIR.
-registry = CollectorRegistry()
-MultiProcessCollector(registry)
 
 # The host application's own metrics, which the multiprocess files carry too.
 PINGS = Counter("shop_pings_total", "Pings answered by the shop.")
@@ -36,4 +31,8 @@ def ping(environ: dict[str, object], start_response: Callable[..., object]) -> I
     return []
 
 
-app = DispatcherMiddleware(create_app(registry), {"/ping": ping})
+# The default registry's /metrics of create_app() would only see the worker that answers
+# the scrape; this one reads the files of every worker, live, exited or merged, in
+# PROMETHEUS_MULTIPROC_DIR, and answers 503 rather than hang if a stopped process holds
+# their lock.
+app = DispatcherMiddleware(create_app(), {"/ping": ping, "/metrics": make_wsgi_app()})
