@@ -8,10 +8,12 @@ import errno
 import fcntl
 import functools
 import json
+import logging
 import math
 import operator
 import os
 import random
+import re
 import shutil
 import signal
 import struct
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -32,7 +35,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import multiprocess as stock
 from prometheus_client.mmap_dict import MmapedDict
 
-from helpers import Worker, file_names, samples, worker_samples
+from helpers import Worker, file_names, poll, samples, worker_samples
 from veza_business_metrics import multiprocess
 
 if TYPE_CHECKING:
@@ -1263,3 +1266,338 @@ WorkersDyingWhileScraped.TestCase.settings = settings(
     max_examples=12, stateful_step_count=15, deadline=None
 )
 test_workers_dying_while_scraped = WorkersDyingWhileScraped.TestCase
+
+
+# Issue 14: what an operator on a bad day, a corrupt file, a stopped process or a scrape
+# storm must not be able to do to the counts or to a server.
+
+HOLD_LOCK = """
+import os, signal, sys
+from pathlib import Path
+from veza_business_metrics import multiprocess
+with multiprocess._locked(Path(sys.argv[1]), exclusive=sys.argv[2] == "merge", timeout=60):
+    print("holding", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+@contextlib.contextmanager
+def stopped_holder(directory: Path, role: str) -> Iterator[subprocess.Popen[str]]:
+    """Run a process that takes the lock as a ``role`` ("merge" or "scrape") does, then stops.
+
+    It is stopped with SIGSTOP inside the lock, as a debugger or a frozen container stops
+    it, and killed when the block ends.
+    """
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(directory.resolve()), role],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == "holding\n"
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{holder.pid}/stat").read_text().split()[2] != "T":
+                assert time.monotonic() < deadline, "the lock holder did not stop"
+                time.sleep(0.01)
+            yield holder
+        finally:
+            holder.kill()
+
+
+def wsgi_get(app: Any, path: str = "/") -> tuple[str, str]:
+    """Return the status and the body that the WSGI ``app`` answers to a GET of ``path``."""
+    statuses: list[str] = []
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": ""}
+    body = b"".join(app(environ, lambda status, _: statuses.append(status)))
+    return statuses[0], body.decode()
+
+
+def test_clear_deletes_only_what_prometheus_client_and_this_library_write(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """On a tmpfs shared with other programs, clear() leaves their files and folders be."""
+    dead_workers(directory, workers, [1])
+    sweep_into_archives = multiprocess.sweep(directory)
+    assert sweep_into_archives == 1
+    dead_workers(directory, workers, [1])  # files of a process of another run
+    foreign = ["PostgreSQL.1234", "sem.shop", "counter_1.db.bak", "notes.corrupt"]
+    for name in foreign:
+        (directory / name).write_bytes(b"not ours")
+    (directory / "lost+found").mkdir()
+    (directory / "counter_7.db").mkdir()  # a folder named like a worker's file
+    multiprocess.clear(directory)
+    assert file_names(directory) == {*foreign, "lost+found", "counter_7.db"}
+
+
+SERVER = """
+import sys
+from veza_business_metrics import multiprocess
+multiprocess.clear(sys.argv[1])
+print("serving", flush=True)
+sys.stdin.read()
+"""
+SERVER_THAT_DIES_BEFORE_ITS_WORKER = """
+import os, sys
+from veza_business_metrics import multiprocess
+multiprocess.clear(sys.argv[1])
+if not os.fork():
+    print("orphaned", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_clear_refuses_a_directory_that_another_server_uses(directory: Path) -> None:
+    """A second server given the same directory deletes nothing and says which one uses it."""
+    with subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as server:
+        assert server.stdin is not None
+        assert server.stdout is not None
+        assert server.stdout.readline() == "serving\n"
+        (directory / "counter_999999.db").write_bytes(b"")
+        with pytest.raises(
+            multiprocess.DirectoryInUseError,
+            match=rf"{directory} is in use by another server \(pid {server.pid}\)",
+        ):
+            multiprocess.clear(directory)
+        assert "counter_999999.db" in file_names(directory)
+        multiprocess.attach(directory)  # a USR2 successor shares it
+        server.stdin.close()
+    # This process now serves it alone, so a cold start of its own may empty it.
+    multiprocess.clear(directory)
+    assert file_names(directory) == set()
+
+
+def test_a_forked_worker_keeps_the_directory_in_use_after_its_server_died(
+    directory: Path,
+) -> None:
+    """Workers orphaned by a killed master still count there, so a new server must wait."""
+    with subprocess.Popen(
+        [sys.executable, "-c", SERVER_THAT_DIES_BEFORE_ITS_WORKER, str(directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as master:
+        assert master.stdin is not None
+        assert master.stdout is not None
+        assert master.stdout.readline() == "orphaned\n"
+        assert master.wait(timeout=30) == 0
+        with pytest.raises(multiprocess.DirectoryInUseError):
+            multiprocess.clear(directory)
+        master.stdin.close()  # the orphan reads it to its end, and exits
+    poll(lambda: _holds_server_lock(directory), operator.not_)
+    multiprocess.clear(directory)
+
+
+def _holds_server_lock(directory: Path) -> bool:
+    inode = (directory / "veza_server.lock").stat().st_ino
+    return any(
+        line.split()[5].endswith(f":{inode}")
+        for line in Path("/proc/locks").read_text().splitlines()
+    )
+
+
+def valid_file(directory: Path, workers: list[Worker], pid: int) -> Path:
+    """Copy a real worker's counter file to the name of a dead process ``pid``; return it."""
+    (template,) = dead_workers(directory, workers, [1])
+    source = directory / f"counter_{template.pid}.db"
+    target = directory / f"counter_{pid}.db"
+    shutil.copyfile(source, target)
+    source.unlink()
+    for name in file_names(directory) - {target.name}:
+        (directory / name).unlink()
+    return target
+
+
+def replace_bytes(path: Path, old: bytes, new: bytes) -> None:
+    """Replace ``old`` by ``new``, of the same length, in the file ``path``."""
+    data = path.read_bytes()
+    assert len(old) == len(new)
+    assert old in data
+    path.write_bytes(data.replace(old, new, 1))
+
+
+def set_value(path: Path, series: str, value: float) -> None:
+    """Set the value of the entry whose key starts with ``series`` in the file ``path``."""
+    data = bytearray(path.read_bytes())
+    for key, _, _, position in mmap_dict_entries(bytes(data)):
+        if json.loads(key)[1] == series:
+            struct.pack_into("d", data, position, value)
+    path.write_bytes(bytes(data))
+
+
+def used_length(path: Path) -> int:
+    """Return the used length that the header of prometheus_client's file ``path`` gives."""
+    used: int = struct.unpack_from("i", path.read_bytes())[0]
+    return used
+
+
+def mmap_dict_entries(data: bytes) -> list[tuple[str, float, float, int]]:
+    """Return prometheus_client's reading of a file's entries, with each value's offset."""
+    from prometheus_client import mmap_dict  # noqa: PLC0415  its private reader
+
+    return list(mmap_dict._read_all_values(data, struct.unpack_from("i", data)[0]))
+
+
+CORRUPTIONS: Final = {
+    "bad-key": lambda path: replace_bytes(
+        path, b'["veza_business_logins"', b'{"veza_business_logins"'
+    ),
+    "bad-value": lambda path: set_value(path, "veza_business_logins_total", math.nan),
+    "negative": lambda path: set_value(path, "veza_business_logins_total", -5.0),
+    # Cut inside the used length, as a copy that ran out of disk space would leave it.
+    "truncated": lambda path: path.write_bytes(path.read_bytes()[: used_length(path) - 8]),
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_a_corrupt_file_is_set_aside_never_merged(
+    directory: Path,
+    workers: list[Worker],
+    corruption: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A dead worker's file that does not parse, or counts NaN or less than 0, is set aside."""
+    corrupt = valid_file(directory, workers, 2**22 + 7)
+    CORRUPTIONS[corruption](corrupt)
+    dead_workers(directory, workers, [3])
+    with caplog.at_level(logging.ERROR, logger="veza_business_metrics.multiprocess"):
+        assert scrape(directory) == worker_samples(3)  # skipped, and logged
+        assert multiprocess.sweep(directory) == 2
+    (aside,) = (name for name in file_names(directory) if name.endswith(".corrupt"))
+    slug = {"negative": "bad-value"}.get(corruption, corruption)
+    assert re.fullmatch(rf"counter_{2**22 + 7}\.{slug}\.[0-9a-f]{{8}}\.corrupt", aside)
+    assert file_names(directory) == {*ARCHIVES, aside}
+    assert scrape(directory) == stock_scrape(directory) == worker_samples(3)
+    assert f"Skipped {corrupt}" in caplog.text
+    assert f"Moved {corrupt} aside as {directory / aside}" in caplog.text
+
+
+def test_a_damaged_archive_is_refused_not_misread(directory: Path, workers: list[Worker]) -> None:
+    """An archive whose checksum fails makes scrapes fail with the reason, and the app 503."""
+    dead_workers(directory, workers, [3])
+    multiprocess.sweep(directory)
+    archive = directory / "counter_archive.db"
+    data = bytearray(archive.read_bytes())
+    position = data.index(b"VBMA") - 16  # the last entry's value
+    data[position] ^= 0x01
+    archive.write_bytes(bytes(data))
+    with pytest.raises(multiprocess.MultiprocessError, match=r"counter_archive\.db is damaged"):
+        scrape(directory)
+    status, body = wsgi_get(multiprocess.make_wsgi_app(directory))
+    assert status.startswith("503")
+    assert "counter_archive.db is damaged" in body
+    archive.write_bytes(archive.read_bytes()[:-1])  # cut short, too
+    with pytest.raises(multiprocess.MultiprocessError, match="is damaged"):
+        scrape(directory)
+
+
+def test_a_scrape_waits_a_bounded_time_for_a_stopped_merge(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process stopped inside its merge fails scrapes after SCRAPE_TIMEOUT, never hangs."""
+    monkeypatch.setattr(multiprocess, "SCRAPE_TIMEOUT", 1.0)
+    dead_workers(directory, workers, [2])
+    app = multiprocess.make_wsgi_app(directory)
+    with stopped_holder(directory, "merge"):
+        start = time.monotonic()
+        with pytest.raises(multiprocess.LockTimeoutError, match="waited 1 s in vain"):
+            scrape(directory)
+        status, body = wsgi_get(app)
+        waited = time.monotonic() - start
+        with pytest.raises(multiprocess.LockTimeoutError):
+            multiprocess.clear(directory)
+    assert status.startswith("503"), body
+    assert "in vain" in body
+    assert 2.0 <= waited < 6.0, f"two scrapes waited {waited:.2f} s"
+    assert wsgi_get(app)[0].startswith("200")
+    assert scrape(directory) == worker_samples(2)
+
+
+def test_merges_get_their_turn_under_a_storm_of_scrapes(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """Nine threads that scrape without a pause delay no merge past MERGE_TIMEOUT."""
+    dead = dead_workers(directory, workers, [1] * 12)
+    stop = threading.Event()
+    scrapes = []
+
+    def storm() -> None:
+        while not stop.is_set() and len(scrapes) < 100_000:
+            scrape(directory)
+            scrapes.append(1)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=9) as pool:
+        for _ in range(9):
+            pool.submit(storm)
+        try:
+            time.sleep(0.2)
+            slowest = 0.0
+            for worker in dead:
+                start = time.monotonic()
+                multiprocess.mark_process_dead(worker.pid, directory)
+                slowest = max(slowest, time.monotonic() - start)
+                assert not multiprocess._is_deferred(directory.resolve()), (
+                    f"a merge was put off after {len(scrapes)} scrapes"
+                )
+                assert f"counter_{worker.pid}.db" not in file_names(directory)
+        finally:
+            stop.set()
+    assert slowest < multiprocess.MERGE_TIMEOUT, f"the slowest merge took {slowest:.2f} s"
+    assert len(scrapes) > 12
+    assert file_names(directory) == ARCHIVES
+    assert scrape(directory) == worker_samples(12)
+
+
+def test_merges_resume_once_a_stopped_scrape_goes_away(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merges put off while a scrape is stopped run at the first merge after its window."""
+    monkeypatch.setattr(multiprocess, "MERGE_TIMEOUT", 0.3)
+    monkeypatch.setattr(multiprocess, "_STUCK_SECONDS", 0.5)
+    dead = dead_workers(directory, workers, [1, 2, 3])
+    with stopped_holder(directory, "scrape"):
+        for worker in dead[:2]:
+            multiprocess.mark_process_dead(worker.pid, directory)
+        assert multiprocess._is_deferred(directory.resolve())
+    time.sleep(0.5)  # past the window in which merges only try once
+    multiprocess.mark_process_dead(dead[2].pid, directory)
+    assert file_names(directory) == ARCHIVES
+    assert scrape(directory) == worker_samples(6)
+
+
+def test_an_archive_records_only_what_an_interrupted_merge_leaves(
+    directory: Path, workers: list[Worker], tmp_path: Path
+) -> None:
+    """After a sweep of 300 dead workers, the archive is no larger than after a sweep of one."""
+    data = valid_file(directory, workers, 2**22 + 1).read_bytes()
+    for offset in range(2, 301):
+        (directory / f"counter_{2**22 + offset}.db").write_bytes(data)
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / f"counter_{2**22 + 1}.db").write_bytes(data)
+    assert multiprocess.sweep(directory) == 300
+    assert multiprocess.sweep(single) == 1
+    partials, absorbed = multiprocess._read_archive(directory.resolve(), "counter")
+    assert len(absorbed) == 1
+    logins = next(key for key in partials if '"success"' in key)
+    assert math.fsum(partials[logins]) == 300.0
+    sizes = [(path / "counter_archive.db").stat().st_size for path in (directory, single)]
+    # The totals have more digits, nothing else grows.
+    assert sizes[0] - sizes[1] < 64, f"archive sizes after 300 and 1 merged files: {sizes}"
+
+
+def test_the_legacy_lower_case_variable_is_honoured(
+    directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment that sets only prometheus_multiproc_dir merges there, as upstream does."""
+    (dead,) = dead_workers(directory, workers, [2])
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setenv("prometheus_multiproc_dir", str(directory))
+    multiprocess.mark_process_dead(dead.pid)
+    assert multiprocess.sweep() == 0
+    assert file_names(directory) == ARCHIVES
