@@ -246,6 +246,36 @@ def test_a_worker_that_cannot_serve_exits_and_deletes_nothing(
         build_worker(app)
 
 
+def test_a_worker_given_another_servers_directory_exits_and_deletes_nothing(
+    app: Celery, directory: Path, build_worker: Callable[[Celery], WorkController]
+) -> None:
+    """A second worker given the directory of a running one exits saying so, on any port."""
+    kept = directory / "counter_999999.db"
+    code = (
+        "import sys\n"
+        "from veza_business_metrics import multiprocess\n"
+        f"multiprocess.clear({str(directory)!r})\n"
+        "print('serving', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as other:
+        assert other.stdin is not None
+        assert other.stdout is not None
+        assert other.stdout.readline() == "serving\n"
+        kept.write_bytes(b"the other worker's counts")
+        port = free_port()
+        setup(app, port=port)
+        with pytest.raises(
+            SystemExit, match=r"Cannot serve /metrics: .* in use by another server"
+        ):
+            build_worker(app)
+        other.stdin.close()
+    assert kept.exists()
+    assert refused(f"http://127.0.0.1:{port}/metrics")
+
+
 @contextlib.contextmanager
 def lock_held(directory: Path) -> Iterator[Callable[[], None]]:
     """Hold the directory's lock from another process; give the function that releases it."""

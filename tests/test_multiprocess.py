@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import multiprocess as stock
 from prometheus_client.mmap_dict import MmapedDict
 
-from helpers import Worker, file_names, poll, samples, worker_samples
+from helpers import Worker, file_names, key, poll, samples, worker_samples
 from veza_business_metrics import multiprocess
 
 if TYPE_CHECKING:
@@ -1424,8 +1424,8 @@ def replace_bytes(path: Path, old: bytes, new: bytes) -> None:
 def set_value(path: Path, series: str, value: float) -> None:
     """Set the value of the entry whose key starts with ``series`` in the file ``path``."""
     data = bytearray(path.read_bytes())
-    for key, _, _, position in mmap_dict_entries(bytes(data)):
-        if json.loads(key)[1] == series:
+    for entry, _, _, position in mmap_dict_entries(bytes(data)):
+        if json.loads(entry)[1] == series:
             struct.pack_into("d", data, position, value)
     path.write_bytes(bytes(data))
 
@@ -1464,10 +1464,13 @@ def test_a_corrupt_file_is_set_aside_never_merged(
     """A dead worker's file that does not parse, or counts NaN or less than 0, is set aside."""
     corrupt = valid_file(directory, workers, 2**22 + 7)
     CORRUPTIONS[corruption](corrupt)
-    dead_workers(directory, workers, [3])
     with caplog.at_level(logging.ERROR, logger="veza_business_metrics.multiprocess"):
-        assert scrape(directory) == worker_samples(3)  # skipped, and logged
-        assert multiprocess.sweep(directory) == 2
+        assert scrape(directory) == scrape(directory) == {}  # skipped
+        assert caplog.text.count(f"Skipped {corrupt}") == 1  # logged once, not per scrape
+        assert multiprocess.sweep(directory) == 1
+        assert "counter_archive.db" not in file_names(directory)
+        dead_workers(directory, workers, [3])
+        assert multiprocess.sweep(directory) == 1
     (aside,) = (name for name in file_names(directory) if name.endswith(".corrupt"))
     slug = {"negative": "bad-value"}.get(corruption, corruption)
     assert re.fullmatch(rf"counter_{2**22 + 7}\.{slug}\.[0-9a-f]{{8}}\.corrupt", aside)
@@ -1601,3 +1604,143 @@ def test_the_legacy_lower_case_variable_is_honoured(
     multiprocess.mark_process_dead(dead.pid)
     assert multiprocess.sweep() == 0
     assert file_names(directory) == ARCHIVES
+
+
+def file_of(entries: list[tuple[str, float]]) -> bytes:
+    """Return a file of prometheus_client's format that holds ``entries``, duplicates too."""
+    data = bytearray(8)
+    for entry, value in entries:
+        encoded = entry.encode()
+        padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
+        data += struct.pack(f"i{len(padded)}sdd", len(encoded), padded, value, 0.0)
+    struct.pack_into("i", data, 0, len(data))
+    return bytes(data)
+
+
+LOGINS_KEY: Final = json.dumps(["logins", "logins_total", {"outcome": "success"}, "Logins."])
+BUCKET_KEY: Final = json.dumps(["latency", "latency_bucket", {"le": "0.1"}, "Latency."])
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "slug"),
+    [
+        ("counter", b"\x10\x00", "truncated"),
+        ("counter", struct.pack("ii", 64, 0), "truncated"),
+        ("counter", struct.pack("iii", 16, 0, 100) + bytes(4), "truncated"),
+        ("counter", b"", "none"),
+        ("counter", file_of([(LOGINS_KEY, 1.0), (LOGINS_KEY, 2.0)]), "bad-key"),
+        ("counter", file_of([(json.dumps([1, 2, {}, "help"]), 1.0)]), "bad-key"),
+        ("counter", file_of([(json.dumps({"not": "a list"}), 1.0)]), "bad-key"),
+        ("counter", file_of([(json.dumps(["a", "a_total", {"l": 1}, "h"]), 1.0)]), "bad-key"),
+        ("histogram", file_of([(BUCKET_KEY.replace('"le"', '"el"'), 1.0)]), "bad-key"),
+        ("histogram", file_of([(BUCKET_KEY.replace('"0.1"', '"low"'), 1.0)]), "bad-key"),
+        ("histogram", file_of([(BUCKET_KEY, -1.0)]), "bad-value"),
+        ("summary", file_of([(BUCKET_KEY.replace("bucket", "sum"), math.inf)]), "bad-value"),
+    ],
+)
+def test_only_what_prometheus_client_writes_is_read(
+    tmp_path: Path, kind: str, data: bytes, slug: str
+) -> None:
+    """A file that prometheus_client could not have written is refused, and says why."""
+    path = tmp_path / "file.db"
+    path.write_bytes(data)
+    if slug == "none":
+        assert multiprocess._entries(path, kind) == {}
+        return
+    with pytest.raises(multiprocess._CorruptFileError) as refused:
+        multiprocess._entries(path, kind)
+    assert refused.value.slug == slug
+
+
+def test_a_key_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    """A key whose bytes are not UTF-8 makes its file corrupt."""
+    path = tmp_path / "file.db"
+    path.write_bytes(file_of([(LOGINS_KEY, 1.0)]).replace(b"logins_total", b"logins\xfftotal"))
+    with pytest.raises(multiprocess._CorruptFileError, match="is not UTF-8"):
+        multiprocess._entries(path, "counter")
+
+
+def test_gauges_may_hold_any_value_but_a_corrupt_one_is_skipped(
+    directory: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gauge set to NaN or below 0 is read; a gauge file that does not parse is skipped."""
+    gauge = json.dumps(["temperature", "temperature", {}, "Heat."])
+    (directory / f"gauge_all_{2**22 + 1}.db").write_bytes(file_of([(gauge, -3.0)]))
+    (directory / f"gauge_all_{2**22 + 2}.db").write_bytes(file_of([("not json", 1.0)]))
+    # With no room left to remember keys or reports, every scrape checks and logs anew.
+    monkeypatch.setattr(multiprocess, "_MAX_CHECKED_KEYS", 0)
+    with caplog.at_level(logging.ERROR, logger="veza_business_metrics.multiprocess"):
+        read = scrape(directory)
+        assert read == scrape(directory) == {key("temperature", "pid", str(2**22 + 1)): -3.0}
+    assert caplog.text.count("Skipped") == 2
+
+
+def test_folders_named_like_files_are_never_read_or_merged(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A folder named like a worker's file or an archive's claim is left out of everything."""
+    dead_workers(directory, workers, [2])
+    (directory / f"counter_{2**22 + 3}.db").mkdir()
+    (directory / f"counter_{2**22 + 4}.{'0' * 32}.merging").mkdir()
+    assert scrape(directory) == worker_samples(2)
+    assert multiprocess.sweep(directory) == 1
+    assert scrape(directory) == worker_samples(2)
+
+
+@pytest.mark.parametrize("lock", ["loop", "dangling"])
+def test_a_scraper_that_cannot_open_the_merge_lock_still_scrapes_and_merges(
+    directory: Path, workers: list[Worker], lock: str
+) -> None:
+    """Where the merge lock file cannot be opened or made, the directory's lock suffices."""
+    target = "veza_merge.lock" if lock == "loop" else "nowhere/veza_merge.lock"
+    (directory / "veza_merge.lock").symlink_to(target)
+    dead_workers(directory, workers, [2])
+    assert multiprocess.sweep(directory) == 1
+    assert scrape(directory) == worker_samples(2)
+
+
+def test_a_lock_file_made_under_a_strict_umask_is_lockable_by_all(directory: Path) -> None:
+    """The merge lock file is made readable by everyone, whatever the umask."""
+    old = os.umask(0o077)
+    try:
+        multiprocess.sweep(directory)
+        scrape(directory)
+    finally:
+        os.umask(old)
+    assert (directory / "veza_merge.lock").stat().st_mode & 0o777 == 0o644
+
+
+def test_the_app_logs_a_merge_that_fails_and_answers_503_for_the_archive(
+    directory: Path, workers: list[Worker], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sweep before a scrape that fails is logged; the scrape then says why it fails."""
+    (directory / "counter_archive.db").write_bytes(bytes(8))  # not this library's
+    dead_workers(directory, workers, [1])
+    with caplog.at_level(logging.ERROR, logger="veza_business_metrics.multiprocess"):
+        status, body = wsgi_get(multiprocess.make_wsgi_app(str(directory)))
+    assert status.startswith("503")
+    assert "is not an archive written by veza_business_metrics" in body
+    assert f"Could not merge the metrics files in {directory}" in caplog.text
+
+
+def test_a_server_that_fails_to_take_a_directory_keeps_its_share(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A serving process refused a cold start still holds its share, with or without procfs."""
+    multiprocess.attach(directory)
+    with subprocess.Popen(
+        [sys.executable, "-c", SERVER.replace("clear", "attach"), str(directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as other:
+        assert other.stdin is not None
+        assert other.stdout is not None
+        assert other.stdout.readline() == "serving\n"
+        with pytest.raises(multiprocess.DirectoryInUseError, match=rf"\(pid {other.pid}\)"):
+            multiprocess.clear(directory)
+        monkeypatch.setattr(multiprocess, "_PROC", directory / "no-procfs")
+        with pytest.raises(multiprocess.DirectoryInUseError, match="by another server: give"):
+            multiprocess.clear(directory)
+        other.stdin.close()
+    assert _holds_server_lock(directory)  # this process's share, kept

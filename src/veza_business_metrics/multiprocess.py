@@ -453,18 +453,21 @@ def _holders(lock_file: Path) -> str:
         lines = (_PROC / "locks").read_text().splitlines()
     except OSError:
         return ""
-    pids = []
-    for line in lines:
-        fields = line.split()
-        # "1: FLOCK ADVISORY READ 1234 fd:01:5678 0 EOF"; waiters have "->" after "1:".
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):  # noqa: PLR2004
-            pid = fields[4]
-            if pid != str(os.getpid()) and pid not in pids:
-                pids.append(pid)
-    return ", ".join(pids)
+    own = str(os.getpid())
+    return ", ".join(
+        sorted(
+            {
+                fields[4]
+                for fields in map(str.split, lines)
+                # "1: FLOCK ADVISORY READ 1234 fd:01:5678 0 EOF"; a waiter has "->" after "1:".
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}")  # noqa: PLR2004
+            }
+            - {own},
+            key=int,
+        )
+    )
 
 
-@contextlib.contextmanager
 def _locked(directory: Path, *, exclusive: bool, timeout: float) -> Iterator[bool]:
     """Hold the directory's lock while the block runs; give whether it was taken in time."""
     outer = getattr(_local, "holding", False)
@@ -507,23 +510,22 @@ def _opened(directory: Path, name: str | None) -> Iterator[int | None]:
 
 
 def _open_lock_file(path: Path) -> int | None:
-    try:
-        return os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return None
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:  # created meanwhile by another process
-        return os.open(path, os.O_RDONLY)
-    except OSError:
-        # A scraper that may not write there, another user's or on a read-only mount,
-        # takes the directory's lock alone: it merely does not give merges their turn.
-        return None
-    # Whatever the umask: other users' scrapers lock it too.
-    os.fchmod(descriptor, 0o644)
-    return descriptor
+    # Open it, or create it, or open it as another process just created it.
+    for flags in (os.O_RDONLY, os.O_RDONLY | os.O_CREAT | os.O_EXCL, os.O_RDONLY):
+        try:
+            descriptor = os.open(path, flags, 0o644)
+        except (FileNotFoundError, FileExistsError):
+            continue
+        except OSError:
+            # A scraper that may not write there, another user's or on a read-only
+            # mount, takes the directory's lock alone: it merely does not give merges
+            # their turn.
+            return None
+        if flags & os.O_CREAT:
+            # Whatever the umask: other users' scrapers lock it too.
+            os.fchmod(descriptor, 0o644)
+        return descriptor
+    return None  # a dangling link, say
 
 
 def _flock(descriptor: int, operation: int, deadline: float) -> bool:
@@ -545,6 +547,8 @@ def _collect(directory: Path) -> Iterable[Metric]:
     names = []
     gauges = []
     for file in os.scandir(directory):
+        if not file.is_file(follow_symlinks=False):
+            continue
         # prometheus_client creates a file empty, then sizes it: until then it holds
         # nothing, and its reader would fail on it.
         if file.name.startswith("gauge_") and file.name.endswith(".db") and file.stat().st_size:
@@ -816,7 +820,7 @@ def _with_deferred(directory: Path, pids: set[int] | None) -> set[int] | None:
 
 def _has_work(directory: Path) -> bool:
     """Tell, without the lock, whether a sweep of ``directory`` would merge anything."""
-    names = os.listdir(directory)  # noqa: PTH208  names, not paths
+    names = _file_names(directory)
     if any(_CLAIMED_FILE.fullmatch(name) or _TEMPORARY_ARCHIVE.fullmatch(name) for name in names):
         return True
     for pid, files in _files_by_pid(names, None).items():
@@ -832,7 +836,7 @@ def _has_work(directory: Path) -> bool:
 
 def _merge(directory: Path, pids: set[int] | None) -> int:
     """Merge the files of ``pids``, or of every dead process, holding the lock."""
-    names = os.listdir(directory)  # noqa: PTH208  names, not paths
+    names = _file_names(directory)
     pending = _unfinished_claims(directory, names)
     merged = {_pid(name) for name in pending if _CLAIMED_FILE.fullmatch(name)}
     merge = uuid.uuid4().hex
@@ -856,6 +860,11 @@ def _merge(directory: Path, pids: set[int] | None) -> int:
         if name not in set_aside:
             (directory / name).unlink()
     return len(merged)
+
+
+def _file_names(directory: Path) -> list[str]:
+    """Return the names of the regular files in ``directory``: a folder is never merged."""
+    return [entry.name for entry in os.scandir(directory) if entry.is_file(follow_symlinks=False)]
 
 
 def _unfinished_claims(directory: Path, names: list[str]) -> list[str]:
