@@ -468,6 +468,7 @@ def _holders(lock_file: Path) -> str:
     )
 
 
+@contextlib.contextmanager
 def _locked(directory: Path, *, exclusive: bool, timeout: float) -> Iterator[bool]:
     """Hold the directory's lock while the block runs; give whether it was taken in time."""
     outer = getattr(_local, "holding", False)
