@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import decimal
 import itertools
+import math
 import re
 import threading
 import tracemalloc
@@ -15,7 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest, values
+from werkzeug.local import LocalProxy
 
+import veza_business_metrics
 from helpers import DELETIONS, LOGINS, ORDERS, REVENUE, ZERO, Proxy, business_series, key
 from veza_business_metrics import (
     BusinessMetrics,
@@ -97,6 +100,85 @@ class HostileInt(int):
     def __ge__(self, other: object) -> bool:
         """Claim to be at least anything."""
         return True
+
+
+class Liar:
+    """Claim a class through a __class__ property, as mocks do, and stand for ``value``.
+
+    It hashes and adds as ``value``, claims to be above 0 and at most anything, and to
+    equal anything when ``equal``: only its exact type tells it from a valid argument.
+    """
+
+    def __init__(self, claimed: type, value: object, *, equal: bool = False) -> None:
+        """Claim ``claimed`` and stand for ``value``."""
+        self._claimed = claimed
+        self._value = value
+        self._equal = equal
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        """Claim the class given."""
+        return self._claimed
+
+    def __hash__(self) -> int:
+        """Hash as the value."""
+        return hash(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal anything when told to, else compare as the value."""
+        return self._equal or bool(self._value == other)
+
+    def __lt__(self, other: object) -> bool:
+        """Claim never to be below anything, 0 included."""
+        return False
+
+    def __le__(self, other: object) -> bool:
+        """Claim to be at most anything, 2**53 included."""
+        return True
+
+    def __gt__(self, other: object) -> bool:
+        """Claim to be above anything, 0 included."""
+        return True
+
+    def __radd__(self, other: object) -> object:
+        """Add as the value, so that a counter's float takes it on."""
+        return other + self._value  # type: ignore[operator]
+
+    def __repr__(self) -> str:
+        """Show the class claimed and the value."""
+        return f"Liar({self._claimed.__name__}, {self._value!r})"
+
+
+def class_liar(claimed: type, value: object) -> object:
+    """Return an object whose class hashes as ``claimed`` and equals any class.
+
+    The object itself hashes as ``value`` and equals anything: a dict keyed by class, then
+    by value, would take it for ``value`` of the class ``claimed``.
+    """
+
+    class Meta(type):
+        def __hash__(cls) -> int:
+            return hash(claimed)
+
+        def __eq__(cls, other: object) -> bool:
+            return True
+
+    class ClassLiar(metaclass=Meta):
+        def __hash__(self) -> int:
+            return hash(value)
+
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __repr__(self) -> str:
+            return f"ClassLiar({claimed.__name__}, {value!r})"
+
+    return ClassLiar()
+
+
+def lazy(value: object) -> LocalProxy[object]:
+    """Return werkzeug's lazy proxy of ``value``, which claims its class and forwards the rest."""
+    return LocalProxy(lambda: value)
 
 
 LOGIN_HELPERS = [
@@ -488,7 +570,7 @@ BIG = 2**20
     ("record", "arguments", "error", "start"),
     [
         ("record_login", ("x" * BIG,), InvalidLabelError, "'xxx"),
-        ("record_order_event", (["x"] * BIG,), InvalidLabelError, "['x', 'x'"),
+        ("record_order_event", (["x"] * BIG,), InvalidLabelError, "list ['x', 'x'"),
         ("record_revenue", (1, "E" * BIG), InvalidLabelError, "'EEE"),
         ("record_refund", (1, b"E" * BIG), TypeError, "bytes b'EEE"),
         ("record_revenue", ("1" * BIG, "EUR"), TypeError, "str '111"),
@@ -770,6 +852,268 @@ def test_labels_are_recorded_exactly_or_not_at_all(value: Any) -> None:
             with pytest.raises(InvalidLabelError):
                 record(value)
             assert generate_latest(registry) == exposition
+
+
+# Objects that claim int or str through __class__, as mocks and lazy proxies do, with the
+# exact str they stand for: recording that str first must not change their answer.
+MONEY_LIARS = [
+    pytest.param(Liar(int, -1_000_000), "GBP", "GBP", "amount_cents", id="int-liar-negative"),
+    pytest.param(Liar(int, math.nan), "GBP", "GBP", "amount_cents", id="int-liar-nan"),
+    pytest.param(lazy(1999), "EUR", "EUR", "amount_cents", id="LocalProxy-amount"),
+    pytest.param(1999, Liar(str, "EUR"), "EUR", "currency", id="str-liar"),
+    pytest.param(1999, lazy("EUR"), "EUR", "currency", id="LocalProxy-currency"),
+    pytest.param(1999, lazy("eur"), "eur", "currency", id="LocalProxy-lower-case"),
+]
+LABEL_LIARS = [
+    pytest.param(
+        "record_login",
+        Liar(str, "failure_other", equal=True),
+        "failure_other",
+        id="str-liar-outcome",
+    ),
+    pytest.param(
+        "record_login",
+        Liar(LoginOutcome, LoginOutcome.FAILURE_OTHER, equal=True),
+        "failure_other",
+        id="member-liar-outcome",
+    ),
+    pytest.param(
+        "record_login",
+        class_liar(str, "failure_other"),
+        "failure_other",
+        id="metaclass-liar-outcome",
+    ),
+    pytest.param(
+        "record_login",
+        class_liar(LoginOutcome, LoginOutcome.FAILURE_OTHER),
+        "failure_other",
+        id="metaclass-liar-member-outcome",
+    ),
+    pytest.param("record_login", lazy("failure_other"), "failure_other", id="LocalProxy-outcome"),
+    pytest.param(
+        "record_login",
+        lazy(LoginOutcome.FAILURE_OTHER),
+        "failure_other",
+        id="LocalProxy-member-outcome",
+    ),
+    pytest.param(
+        "record_order_event",
+        Liar(str, "failed", equal=True),
+        "failed",
+        id="str-liar-status",
+    ),
+    pytest.param(
+        "record_order_event",
+        Liar(OrderStatus, OrderStatus.FAILED, equal=True),
+        "failed",
+        id="member-liar-status",
+    ),
+    pytest.param(
+        "record_order_event",
+        class_liar(str, "failed"),
+        "failed",
+        id="metaclass-liar-status",
+    ),
+    pytest.param(
+        "record_order_event",
+        class_liar(OrderStatus, OrderStatus.FAILED),
+        "failed",
+        id="metaclass-liar-member-status",
+    ),
+    pytest.param("record_order_event", lazy("failed"), "failed", id="LocalProxy-status"),
+    pytest.param(
+        "record_order_event",
+        lazy(OrderStatus.FAILED),
+        "failed",
+        id="LocalProxy-member-status",
+    ),
+]
+
+
+def _recorders(
+    where: str, metrics: BusinessMetrics, registry: CollectorRegistry
+) -> tuple[Any, CollectorRegistry]:
+    """Return the module's helpers and the default registry, or ``metrics`` and ``registry``."""
+    if where == "module":
+        return veza_business_metrics, REGISTRY
+    return metrics, registry
+
+
+@pytest.mark.parametrize(("amount", "currency", "spelling", "argument"), MONEY_LIARS)
+@pytest.mark.parametrize("record", ["record_revenue", "record_refund"])
+@pytest.mark.parametrize("where", ["instance", "module"])
+def test_money_lookalikes_are_refused_whatever_came_before(
+    metrics: BusinessMetrics,
+    registry: CollectorRegistry,
+    where: str,
+    record: str,
+    amount: object,
+    currency: object,
+    spelling: str,
+    argument: str,
+) -> None:
+    """A claimed int or str raises the same TypeError before and after its currency is seen."""
+    recorders, counted_on = _recorders(where, metrics, registry)
+    helper = getattr(recorders, record)
+    claimed = amount if argument == "amount_cents" else currency
+    message = rf"^{argument} must be an? (int|str) .*, got {type(claimed).__name__} "
+    series = business_series(counted_on)
+    with pytest.raises(TypeError, match=message) as unseen:
+        helper(amount, currency)
+    assert business_series(counted_on) == series
+    helper(1, spelling)
+    series = business_series(counted_on)
+    with pytest.raises(TypeError, match=message) as seen:
+        helper(amount, currency)
+    assert str(seen.value) == str(unseen.value)
+    assert business_series(counted_on) == series
+
+
+@pytest.mark.parametrize(("record", "value", "twin"), LABEL_LIARS)
+@pytest.mark.parametrize("where", ["instance", "module"])
+def test_label_lookalikes_are_refused_whatever_came_before(
+    metrics: BusinessMetrics,
+    registry: CollectorRegistry,
+    where: str,
+    record: str,
+    value: object,
+    twin: str,
+) -> None:
+    """A lookalike outcome or status with a lying hash is refused before and after its twin."""
+    recorders, counted_on = _recorders(where, metrics, registry)
+    helper = getattr(recorders, record)
+    message = rf"^(outcome|status) must be .*, got {type(value).__name__} "
+    series = business_series(counted_on)
+    with pytest.raises(InvalidLabelError, match=message) as unseen:
+        helper(value)
+    assert business_series(counted_on) == series
+    helper(twin)
+    series = business_series(counted_on)
+    with pytest.raises(InvalidLabelError, match=message) as seen:
+        helper(value)
+    assert str(seen.value) == str(unseen.value)
+    assert business_series(counted_on) == series
+
+
+def _answer(
+    record: Callable[..., None], registry: CollectorRegistry, *arguments: object
+) -> tuple[type[Exception], str] | dict[Key, float]:
+    """Return what recording ``arguments`` did: the error raised, or the series it moved.
+
+    A moved series is given with its new value: a difference of floats past 2**53 would
+    not be the amount added.
+    """
+    before = business_series(registry)
+    try:
+        record(*arguments)
+    except (TypeError, ValueError) as error:
+        assert business_series(registry) == before
+        return type(error), str(error)
+    after = business_series(registry)
+    return {k: v for k, v in after.items() if v != before.get(k, 0.0)}
+
+
+# The forms that an amount, a currency or a label value may take, by name: Hypothesis
+# draws and shows the name, since its printer trusts __class__ and would call int's
+# methods on an object that only claims int.
+AMOUNT_FORMS: dict[str, Callable[[int], object]] = {
+    "int": lambda value: value,
+    "HostileInt": HostileInt,
+    "float": float,
+    "bool": lambda _: True,
+    "int-liar": lambda value: Liar(int, value),
+    "int-liar-nan": lambda _: Liar(int, math.nan),
+    "LocalProxy": lazy,
+}
+CURRENCY_FORMS: dict[str, Callable[[str], object]] = {
+    "str": lambda spelling: spelling,
+    "HostileStr": HostileStr,
+    "impostor": lambda spelling: impostor("zzz", spelling),
+    "UserString": UserString,
+    "str-liar": lambda spelling: Liar(str, spelling),
+    "str-liar-equal": lambda spelling: Liar(str, spelling, equal=True),
+    "LocalProxy": lazy,
+}
+LABEL_FORMS: dict[str, Callable[[LoginOutcome | OrderStatus], object]] = {
+    "member": lambda member: member,
+    "value": lambda member: member.value,
+    "HostileStr": lambda member: HostileStr(member.value),
+    "impostor": lambda member: impostor("zzz", member.value),
+    "UserString": lambda member: UserString(member.value),
+    "str-liar": lambda member: Liar(str, member.value, equal=True),
+    "member-liar": lambda member: Liar(type(member), member, equal=True),
+    "metaclass-liar": lambda member: class_liar(str, member.value),
+    "metaclass-liar-member": lambda member: class_liar(type(member), member),
+    "LocalProxy": lambda member: lazy(member.value),
+    "LocalProxy-member": lazy,
+}
+
+
+@given(
+    amount=st.one_of(
+        st.integers(min_value=-(2**54), max_value=2**54),
+        st.sampled_from([0, 1, 1999, -1, MAX_AMOUNT_CENTS, MAX_AMOUNT_CENTS + 1]),
+    ),
+    amount_form=st.sampled_from(sorted(AMOUNT_FORMS)),
+    spelling=SPELLINGS.filter(lambda s: not s.endswith("-refund")),
+    currency_form=st.sampled_from(sorted(CURRENCY_FORMS)),
+)
+def test_money_answers_do_not_depend_on_history(
+    amount: int, amount_form: str, spelling: str, currency_form: str
+) -> None:
+    """Any form of an amount and a currency gets one answer, whether or not it was seen before.
+
+    The answer is the error's type and message, or the series moved and their new values;
+    both helpers raise the same type of error or count the same amount.
+    """
+    arguments = (AMOUNT_FORMS[amount_form](amount), CURRENCY_FORMS[currency_form](spelling))
+    kinds = []
+    for record in ("record_revenue", "record_refund"):
+        answers = []
+        for seen in (False, True):
+            registry = CollectorRegistry()
+            metrics = BusinessMetrics(registry)
+            if seen:
+                metrics.record_revenue(1, spelling)
+                metrics.record_refund(1, spelling)
+            answers.append(_answer(getattr(metrics, record), registry, *arguments))
+        fresh, after_seen = answers
+        # Seen, the series held the 1 recorded first: a float adds it in either order.
+        assert after_seen == (
+            fresh if isinstance(fresh, tuple) else {k: v + 1 for k, v in fresh.items()}
+        )
+        kinds.append(fresh[0] if isinstance(fresh, tuple) else sorted(fresh.values()))
+    assert kinds[0] == kinds[1]
+
+
+@given(
+    member=st.sampled_from([*LoginOutcome, *OrderStatus]),
+    form=st.sampled_from(sorted(LABEL_FORMS)),
+    seen=st.booleans(),
+)
+def test_label_answers_are_exact_and_do_not_depend_on_history(
+    member: LoginOutcome | OrderStatus, form: str, *, seen: bool
+) -> None:
+    """Only a str or a member counts, as its exact value, whether or not that value was seen."""
+    value = LABEL_FORMS[form](member)
+    registry = CollectorRegistry()
+    metrics = BusinessMetrics(registry)
+    cases: list[tuple[Callable[[Any], None], type[LoginOutcome | OrderStatus], str, str]] = [
+        (metrics.record_login, LoginOutcome, LOGINS, "outcome"),
+        (metrics.record_order_event, OrderStatus, ORDERS, "status"),
+    ]
+    for record, enum, name, label in cases:
+        allowed = {m.value for m in enum}
+        if seen:
+            for twin in allowed:
+                record(twin)
+        answer = _answer(record, registry, value)
+        # type(), unlike isinstance(), tells a str from an object that claims to be one.
+        if issubclass(type(value), str) and str.__str__(value) in allowed:
+            assert answer == {key(name, label, str.__str__(value)): 2.0 if seen else 1.0}
+        else:
+            assert isinstance(answer, tuple)
+            assert answer[0] is InvalidLabelError
 
 
 @pytest.fixture
