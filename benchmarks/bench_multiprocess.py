@@ -12,6 +12,12 @@ worker's exit once the others are merged, as when each is merged as it exits. Th
 compare each scrape with the scrape at the smallest count, measured in the same run.
 The directory is on a tmpfs (``/dev/shm``) unless ``--dir`` says otherwise: on a disk,
 each merge also waits for its fsync calls.
+
+Two more cases check the copies against what a server does. A process that imported the
+package forks real workers, one after the other, each of which records and exits, and
+merges each with ``mark_process_dead`` as gunicorn's ``child_exit`` does; then a
+directory of copies is merged by one ``sweep()`` of them all. Each scrape is compared
+with the same case at the smallest count.
 """
 
 from __future__ import annotations
@@ -37,6 +43,34 @@ business.record_login_success()
 business.record_revenue(1999, "EUR")
 Counter("shop_pings_total", "Pings.").inc()
 Histogram("shop_ping_seconds", "Ping time.", buckets=(0.1, 0.5, 1)).observe(0.25)
+"""
+# A server that forks its workers one after the other and merges each one that exits;
+# it prints the median scrape time in ms and how many files are left.
+FORKING = """
+import os, statistics, sys, time
+from prometheus_client import Counter, Histogram
+import veza_business_metrics as business
+from veza_business_metrics import multiprocess
+directory, count, repeat = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+pings = Counter("shop_pings_total", "Pings.")
+seconds = Histogram("shop_ping_seconds", "Ping time.", buckets=(0.1, 0.5, 1))
+for _ in range(count):
+    pid = os.fork()
+    if not pid:
+        business.record_login_success()
+        business.record_revenue(1999, "EUR")
+        pings.inc()
+        seconds.observe(0.25)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    multiprocess.mark_process_dead(pid, directory)
+collector = multiprocess.MultiProcessCollector(None, path=directory)
+times = []
+for _ in range(repeat):
+    start = time.perf_counter()
+    list(collector.collect())
+    times.append(time.perf_counter() - start)
+print(statistics.median(times) * 1000, len(os.listdir(directory)))
 """
 # Far above any pid_max, so that no running process can have these pids.
 FIRST_PID = 10**8
@@ -111,6 +145,34 @@ def measure(root: Path, template: dict[str, bytes], dead: int, repeat: int) -> d
     }
 
 
+def forked(root: Path, workers: int, repeat: int) -> tuple[float, int]:
+    """Return the scrape time in ms and the files left after ``workers`` forked workers."""
+    directory = root / f"forked-{workers}"
+    directory.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    command = [sys.executable, "-c", FORKING, str(directory), str(workers), str(repeat)]
+    output = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    milliseconds, files = output.stdout.split()
+    return float(milliseconds), int(files)
+
+
+def swept(root: Path, template: dict[str, bytes], dead: int, repeat: int) -> float:
+    """Return the scrape time in ms after one sweep of ``dead`` recycled workers' files."""
+    directory = root / f"swept-{dead}"
+    directory.mkdir()
+    populate(directory, template, range(FIRST_PID, FIRST_PID + LIVE_WORKERS + dead))
+    # The live ones are dead too, by their pids: leave them out of the sweep.
+    live = range(FIRST_PID, FIRST_PID + LIVE_WORKERS)
+    for pid in live:
+        for kind in template:
+            (directory / f"{kind}_{pid}.db").rename(directory / f"{kind}_{pid}.live")
+    multiprocess.sweep(directory)
+    for pid in live:
+        for kind in template:
+            (directory / f"{kind}_{pid}.live").rename(directory / f"{kind}_{pid}.db")
+    return scrape_ms(multiprocess.MultiProcessCollector(None, path=str(directory)), repeat)
+
+
 def main() -> None:
     """Measure each count of recycled workers and print a table of figures and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -126,6 +188,8 @@ def main() -> None:
         root = Path(temporary)
         template = worker_files(root)
         rows = [measure(root, template, dead, args.repeat) for dead in args.counts]
+        real = [(count, *forked(root, count, args.repeat)) for count in args.counts]
+        big = [(count, swept(root, template, count, args.repeat)) for count in args.counts]
     first = rows[0]
     print(
         f"{'dead':>5} | {'files':>5} {'KiB':>6} {'ms/scrape':>9} {'ratio':>6} |"
@@ -138,6 +202,15 @@ def main() -> None:
             f" {row['baseline_ms']:>9.2f} {row['baseline_ms'] / first['baseline_ms']:>6.2f} |"
             f" {row['files_after']:>5} {row['disk_after']:>4} {row['compacted_ms']:>9.2f}"
             f" {row['compacted_ms'] / first['compacted_ms']:>6.2f} | {row['merge_ms']:>8.2f}"
+        )
+    print(
+        f"\n{'forked':>6} | {'files':>5} {'ms/scrape':>9} {'ratio':>6} ||"
+        f" {'swept':>6} | {'ms/scrape':>9} {'ratio':>6}"
+    )
+    for (count, real_ms, files), (dead, swept_ms) in zip(real, big, strict=True):
+        print(
+            f"{count:>6} | {files:>5} {real_ms:>9.2f} {real_ms / real[0][1]:>6.2f} ||"
+            f" {dead:>6} | {swept_ms:>9.2f} {swept_ms / big[0][1]:>6.2f}"
         )
 
 
