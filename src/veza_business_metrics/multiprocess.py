@@ -51,8 +51,10 @@ the live gauge modes, ``live*``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
+import hmac
 import json
 import logging
 import math
@@ -65,7 +67,7 @@ import uuid
 import zlib
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as _exposition
@@ -75,9 +77,19 @@ from prometheus_client.metrics_core import Metric
 from veza_business_metrics._errors import DirectoryInUseError, LockTimeoutError, MultiprocessError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Awaitable, Callable, Iterable, Iterator
 
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    # An ASGI 3 application, as the servers and frameworks call it.
+    ASGIApplication = Callable[
+        [
+            dict[str, Any],
+            Callable[[], Awaitable[dict[str, Any]]],
+            Callable[[dict[str, Any]], Awaitable[None]],
+        ],
+        Awaitable[None],
+    ]
 
 __all__ = [
     "MERGE_TIMEOUT",
@@ -87,6 +99,7 @@ __all__ = [
     "MultiProcessCollector",
     "attach",
     "clear",
+    "make_asgi_app",
     "make_wsgi_app",
     "mark_process_dead",
     "sweep",
@@ -248,33 +261,45 @@ class _SweepingCollector(MultiProcessCollector):
 
     def collect(self) -> Iterable[Metric]:
         """Return every family once the files of exited processes are merged."""
-        try:
-            sweep(self._path)
-        except (OSError, ValueError):
-            # Put off, not lost: the scrape still shows every count, merged or not.
-            _LOG.exception("Could not merge the metrics files in %s", self._path)
+        _sweep_logged(self._path)
         return super().collect()
 
 
-def make_wsgi_app(path: str | os.PathLike[str] | None = None) -> WSGIApplication:
+def make_wsgi_app(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    bearer_token: str | None = None,
+    basic_auth: tuple[str, str] | None = None,
+) -> WSGIApplication:
     """Return a WSGI app that serves the metrics of every process of the directory.
 
     Before each scrape it merges the files of processes that are gone, so it suits
     servers without a hook on a worker's exit. A scrape that cannot take the lock in
-    time, or meets a damaged archive, gets a 503 with the reason.
+    time, or meets a damaged archive, gets a 503 with the reason. Revenue is business
+    data: given a bearer token or basic auth credentials, it answers 401 to a request
+    that does not carry them, compared in constant time.
 
     Args:
         path: The multiprocess directory; ``PROMETHEUS_MULTIPROC_DIR`` by default.
+        bearer_token: The token that ``Authorization: Bearer <token>`` must carry.
+        basic_auth: The user name and password that basic auth must carry.
 
     Raises:
-        ValueError: If ``path`` is not given and the variable is not set, or if it is
-            not a directory.
+        ValueError: If ``path`` is not given and the variable is not set, if it is not a
+            directory, or if a credential is empty.
+        TypeError: If a credential is not a str.
     """
+    accepted = _accepted_authorizations(bearer_token, basic_auth)
     registry = CollectorRegistry(auto_describe=False)
     _SweepingCollector(registry, os.fspath(_directory(path)))
     served = _exposition.make_wsgi_app(registry)
 
     def metrics_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if accepted and not _authorized(environ.get("HTTP_AUTHORIZATION"), accepted):
+            challenge = "Bearer" if bearer_token is not None else 'Basic realm="metrics"'
+            headers = [("Content-Type", "text/plain; charset=utf-8")]
+            start_response("401 Unauthorized", [*headers, ("WWW-Authenticate", challenge)])
+            return [b"401 Unauthorized: /metrics needs the credentials of the scrape config\n"]
         try:
             body: Iterable[bytes] = served(environ, start_response)
         except (LockTimeoutError, MultiprocessError) as error:
@@ -285,6 +310,135 @@ def make_wsgi_app(path: str | os.PathLike[str] | None = None) -> WSGIApplication
         return body
 
     return metrics_app
+
+
+def make_asgi_app(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    bearer_token: str | None = None,
+    basic_auth: tuple[str, str] | None = None,
+) -> ASGIApplication:
+    """Return an ASGI app that does what :func:`make_wsgi_app` does.
+
+    The scrape runs in a thread, so that a wait for the lock never blocks the event
+    loop. Given the ASGI lifespan events, as when it is the server's whole app, it
+    merges the files of processes that are gone at each worker's start too.
+
+    Args:
+        path: The multiprocess directory; ``PROMETHEUS_MULTIPROC_DIR`` by default.
+        bearer_token: The token that ``Authorization: Bearer <token>`` must carry.
+        basic_auth: The user name and password that basic auth must carry.
+
+    Raises:
+        ValueError: If ``path`` is not given and the variable is not set, if it is not a
+            directory, or if a credential is empty.
+        TypeError: If a credential is not a str.
+    """
+    import asyncio  # noqa: PLC0415  only ASGI hosts pay for it
+
+    wsgi = make_wsgi_app(path, bearer_token=bearer_token, basic_auth=basic_auth)
+    directory = os.fspath(_directory(path))
+
+    async def metrics_app(
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await asyncio.to_thread(_sweep_logged, directory)
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        headers = {name.decode("latin-1"): value for name, value in scope["headers"]}
+        environ = {
+            "REQUEST_METHOD": scope["method"],
+            "PATH_INFO": scope["path"],
+            "QUERY_STRING": scope["query_string"].decode("latin-1"),
+            **{
+                f"HTTP_{name.upper().replace('-', '_')}": headers[name].decode("latin-1")
+                for name in ("accept", "accept-encoding", "authorization")
+                if name in headers
+            },
+        }
+        status, response_headers, body = await asyncio.to_thread(_respond, wsgi, environ)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (name.lower().encode(), value.encode()) for name, value in response_headers
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return metrics_app
+
+
+def _respond(
+    app: WSGIApplication, environ: dict[str, Any]
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Call the WSGI ``app``; return its status code, headers and body."""
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+    written: list[bytes] = []
+
+    def start_response(
+        status: str, headers: list[tuple[str, str]], *_: object
+    ) -> Callable[[bytes], object]:
+        started.append((status, headers))
+        return written.append
+
+    output = b"".join(app(environ, start_response))
+    (status, headers), *_ = started
+    return int(status.split()[0]), headers, b"".join(written) + output
+
+
+def _accepted_authorizations(
+    bearer_token: str | None, basic_auth: tuple[str, str] | None
+) -> list[bytes]:
+    """Return the Authorization header values that the credentials accept."""
+    accepted = []
+    if bearer_token is not None:
+        _check_secret("bearer_token", bearer_token)
+        accepted.append(f"Bearer {bearer_token}".encode())
+    if basic_auth is not None:
+        if type(basic_auth) is not tuple or len(basic_auth) != 2:  # noqa: PLR2004
+            msg = f"basic_auth must be a (user, password) tuple, got {type(basic_auth).__name__}"
+            raise TypeError(msg)
+        user, password = basic_auth
+        _check_secret("the basic_auth user", user)
+        _check_secret("the basic_auth password", password)
+        if ":" in user:
+            msg = "the basic_auth user must not contain ':', which basic auth uses to split it"
+            raise ValueError(msg)
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        accepted.append(f"Basic {token}".encode())
+    return accepted
+
+
+def _check_secret(name: str, secret: object) -> None:
+    # The value itself is never shown: it is a secret.
+    if type(secret) is not str:
+        msg = f"{name} must be a str, got {type(secret).__name__}"
+        raise TypeError(msg)
+    if not secret or secret != secret.strip():
+        msg = f"{name} must be non-empty, without surrounding white space (a file's newline?)"
+        raise ValueError(msg)
+
+
+def _authorized(header: str | None, accepted: list[bytes]) -> bool:
+    given = (header or "").encode("latin-1", "replace")
+    # Every one is compared, each in constant time, so the time says nothing either.
+    return sum(hmac.compare_digest(given, value) for value in accepted) > 0
+
+
+def _sweep_logged(directory: str) -> None:
+    try:
+        sweep(directory)
+    except (OSError, ValueError):
+        # Put off, not lost: the scrape still shows every count, merged or not.
+        _LOG.exception("Could not merge the metrics files in %s", directory)
 
 
 def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> None:
