@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import errno
@@ -23,6 +24,8 @@ import tempfile
 import textwrap
 import threading
 import time
+import urllib.error
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -35,11 +38,21 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import multiprocess as stock
 from prometheus_client.mmap_dict import MmapedDict
 
-from helpers import Worker, file_names, key, poll, samples, worker_samples
-from veza_business_metrics import multiprocess
+from helpers import (
+    Worker,
+    file_names,
+    free_port,
+    key,
+    poll,
+    running_prometheus,
+    samples,
+    worker_samples,
+)
+from veza_business_metrics import MultiprocessError, multiprocess
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+    from email.message import Message
 
     from prometheus_client.registry import Collector
 
@@ -1437,13 +1450,19 @@ def used_length(path: Path) -> int:
 
 
 def mmap_dict_entries(data: bytes) -> list[tuple[str, float, float, int]]:
-    """Return prometheus_client's reading of a file's entries, with each value's offset."""
-    from prometheus_client import mmap_dict  # noqa: PLC0415  its private reader
+    """Return a file's entries as prometheus_client reads them, with each value's offset."""
+    entries = []
+    position, used = 8, struct.unpack_from("i", data)[0]
+    while position < used:
+        (length,) = struct.unpack_from("i", data, position)
+        key_at, position = position + 4, position + 4 + length + (8 - (length + 4) % 8)
+        value, timestamp = struct.unpack_from("dd", data, position)
+        entries.append((data[key_at : key_at + length].decode(), value, timestamp, position))
+        position += 16
+    return entries
 
-    return list(mmap_dict._read_all_values(data, struct.unpack_from("i", data)[0]))
 
-
-CORRUPTIONS: Final = {
+CORRUPTIONS: Final[dict[str, Callable[[Path], object]]] = {
     "bad-key": lambda path: replace_bytes(
         path, b'["veza_business_logins"', b'{"veza_business_logins"'
     ),
@@ -1489,13 +1508,13 @@ def test_a_damaged_archive_is_refused_not_misread(directory: Path, workers: list
     position = data.index(b"VBMA") - 16  # the last entry's value
     data[position] ^= 0x01
     archive.write_bytes(bytes(data))
-    with pytest.raises(multiprocess.MultiprocessError, match=r"counter_archive\.db is damaged"):
+    with pytest.raises(MultiprocessError, match=r"counter_archive\.db is damaged"):
         scrape(directory)
     status, body = wsgi_get(multiprocess.make_wsgi_app(directory))
     assert status.startswith("503")
     assert "counter_archive.db is damaged" in body
     archive.write_bytes(archive.read_bytes()[:-1])  # cut short, too
-    with pytest.raises(multiprocess.MultiprocessError, match="is damaged"):
+    with pytest.raises(MultiprocessError, match="is damaged"):
         scrape(directory)
 
 
@@ -1527,7 +1546,7 @@ def test_merges_get_their_turn_under_a_storm_of_scrapes(
     """Nine threads that scrape without a pause delay no merge past MERGE_TIMEOUT."""
     dead = dead_workers(directory, workers, [1] * 12)
     stop = threading.Event()
-    scrapes = []
+    scrapes: list[int] = []
 
     def storm() -> None:
         while not stop.is_set() and len(scrapes) < 100_000:
@@ -1744,3 +1763,166 @@ def test_a_server_that_fails_to_take_a_directory_keeps_its_share(
             multiprocess.clear(directory)
         other.stdin.close()
     assert _holds_server_lock(directory)  # this process's share, kept
+
+
+def get(url: str, authorization: str | None = None) -> tuple[int, Message, str]:
+    """Send a GET with an optional Authorization header; return the status, headers, body."""
+    headers = {} if authorization is None else {"Authorization": authorization}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, response.headers, response.read().decode()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.headers, error.read().decode()
+
+
+@contextlib.contextmanager
+def wsgi_served(app: Any) -> Iterator[str]:
+    """Serve the WSGI ``app`` with wsgiref on 127.0.0.1 until the block ends; give its URL."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server  # noqa: PLC0415
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *_: Any) -> None:
+            """Log nothing: the tests read the responses."""
+
+    server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def asgi_served(app: Any) -> Iterator[str]:
+    """Serve the ASGI ``app`` with uvicorn, lifespan on, until the block ends; give its URL."""
+    import uvicorn  # noqa: PLC0415
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert poll(lambda: server.started, bool, timeout=30), "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}/metrics"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def basic(user: str, password: str) -> str:
+    """Return the Authorization header value of basic auth with ``user`` and ``password``."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize("served", [wsgi_served, asgi_served], ids=["wsgi", "asgi"])
+def test_the_apps_refuse_a_scrape_without_the_credentials(
+    directory: Path, workers: list[Worker], served: Any
+) -> None:
+    """With a token or a user and password, the apps answer 401 to any other request."""
+    dead_workers(directory, workers, [2])
+    make = multiprocess.make_asgi_app if served is asgi_served else multiprocess.make_wsgi_app
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"bearer_token": "s3cret"}, "Bearer s3cret", "Bearer s3cret2"),
+        ({"basic_auth": ("prometheus", "pass:word")}, basic("prometheus", "pass:word"), "Bearer"),
+    ]
+    for credentials, right, wrong in cases:
+        with served(make(directory, **credentials)) as url:
+            for authorization in [None, wrong, right.upper(), right.replace(" ", "  ")]:
+                status, headers, body = get(url, authorization)
+                assert status == 401, (authorization, body)
+                expected = "Bearer" if "bearer_token" in credentials else 'Basic realm="metrics"'
+                assert headers["WWW-Authenticate"] == expected
+            for authorization in [right, right.replace("B", "b", 1)]:  # any case of scheme
+                status, _, body = get(url, authorization)
+                assert status == 200
+                assert samples(body) == worker_samples(2)
+    assert file_names(directory) == ARCHIVES  # merged before the first scrape
+
+
+def test_the_asgi_app_merges_at_a_workers_start_and_serves_openmetrics(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """As a server's whole app, the ASGI app merges at a worker's start, before any scrape."""
+    dead_workers(directory, workers, [3])
+    with asgi_served(multiprocess.make_asgi_app(directory)) as url:
+        assert file_names(directory) == ARCHIVES
+        request = urllib.request.Request(  # noqa: S310
+            url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert response.read().decode().endswith("# EOF\n")
+
+
+@pytest.mark.parametrize(
+    ("credentials", "error", "message"),
+    [
+        ({"bearer_token": ""}, ValueError, "bearer_token must be non-empty"),
+        ({"bearer_token": "token\n"}, ValueError, "without surrounding white space"),
+        ({"bearer_token": b"token"}, TypeError, "bearer_token must be a str, got bytes"),
+        ({"basic_auth": "user:password"}, TypeError, "must be a .user, password. tuple"),
+        ({"basic_auth": ("user",)}, TypeError, "must be a .user, password. tuple"),
+        ({"basic_auth": ("us:er", "pw")}, ValueError, "must not contain ':'"),
+        ({"basic_auth": ("user", "")}, ValueError, "the basic_auth password must be non-empty"),
+        ({"basic_auth": (None, "pw")}, TypeError, "the basic_auth user must be a str, got None"),
+    ],
+)
+def test_the_apps_refuse_credentials_that_cannot_work(
+    directory: Path, credentials: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """A credential that no scrape config could send raises at once, never showing it."""
+    for make in (multiprocess.make_wsgi_app, multiprocess.make_asgi_app):
+        with pytest.raises(error, match=message) as raised:
+            make(directory, **credentials)
+        assert "token" not in str(raised.value).replace("bearer_token", "")
+
+
+def test_prometheus_scrapes_the_apps_with_its_credentials(
+    directory: Path, workers: list[Worker], tmp_path: Path
+) -> None:
+    """A real Prometheus with the matching authorization or basic_auth config scrapes them."""
+    dead_workers(directory, workers, [4])
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "token").write_text("t0ken-from-a-file\n")  # as a secret mount has it
+    token = (secrets / "token").read_text().strip()
+    rules = tmp_path / "rules.yml"
+    rules.write_text("groups: []\n")
+    with (
+        wsgi_served(multiprocess.make_wsgi_app(directory, bearer_token=token)) as bearer,
+        asgi_served(multiprocess.make_asgi_app(directory, basic_auth=("prom", "pw"))) as basic_,
+        wsgi_served(multiprocess.make_wsgi_app(directory, bearer_token=token)) as refused,
+    ):
+        address = {
+            url: url.removeprefix("http://").removesuffix("/metrics")
+            for url in (bearer, basic_, refused)
+        }
+        settings = {
+            "bearer": {"authorization": {"credentials_file": str(secrets / "token")}},
+            "basic": {"basic_auth": {"username": "prom", "password": "pw"}},
+        }
+        targets = {
+            "bearer": [address[bearer]],
+            "basic": [address[basic_]],
+            "none": [address[refused]],
+        }
+        with running_prometheus(tmp_path, rules, targets, settings) as prometheus:
+            up = poll(
+                lambda: {
+                    item["metric"]["job"]: item["value"][1] for item in prometheus.query("up")
+                },
+                lambda found: len(found) == 3,
+            )
+            logins = poll(
+                lambda: prometheus.query('veza_business_logins_total{outcome="success"}'),
+                lambda found: len(found) == 2,
+            )
+    assert up == {"bearer": "1", "basic": "1", "none": "0"}
+    assert sorted(item["value"][1] for item in logins) == ["4", "4"]

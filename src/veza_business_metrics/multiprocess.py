@@ -401,7 +401,7 @@ def _accepted_authorizations(
     accepted = []
     if bearer_token is not None:
         _check_secret("bearer_token", bearer_token)
-        accepted.append(f"Bearer {bearer_token}".encode())
+        accepted.append(f"bearer {bearer_token}".encode())
     if basic_auth is not None:
         if type(basic_auth) is not tuple or len(basic_auth) != 2:  # noqa: PLR2004
             msg = f"basic_auth must be a (user, password) tuple, got {type(basic_auth).__name__}"
@@ -413,7 +413,7 @@ def _accepted_authorizations(
             msg = "the basic_auth user must not contain ':', which basic auth uses to split it"
             raise ValueError(msg)
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        accepted.append(f"Basic {token}".encode())
+        accepted.append(f"basic {token}".encode())
     return accepted
 
 
@@ -428,7 +428,9 @@ def _check_secret(name: str, secret: object) -> None:
 
 
 def _authorized(header: str | None, accepted: list[bytes]) -> bool:
-    given = (header or "").encode("latin-1", "replace")
+    # The scheme is case-insensitive (RFC 9110); the credentials are compared as sent.
+    scheme, _, credentials = (header or "").partition(" ")
+    given = f"{scheme.lower()} {credentials}".encode("latin-1", "replace")
     # Every one is compared, each in constant time, so the time says nothing either.
     return sum(hmac.compare_digest(given, value) for value in accepted) > 0
 
