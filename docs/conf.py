@@ -34,7 +34,7 @@ OTHER_PROJECTS = [*sorted(sys.stdlib_module_names), "celery", "prometheus_client
 nitpick_ignore_regex = [
     ("py:.*", rf"({'|'.join(OTHER_PROJECTS)})\..+"),
     # The same classes, named as the modules import them for type checking.
-    ("py:class", "CollectorRegistry|Counter|Metric|Decimal|WSGIApplication"),
+    ("py:class", "CollectorRegistry|Counter|Metric|Decimal|WSGIApplication|ASGIApplication"),
 ]
 # The private Literal aliases of the accepted strings, which reference.md lists.
 nitpick_ignore = [("py:class", "LoginOutcomeValue"), ("py:class", "OrderStatusValue")]

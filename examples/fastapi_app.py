@@ -3,21 +3,38 @@
 Run it with ``python3 scripts/dev.py demo --app fastapi``, or with
 ``python examples/fastapi_app.py [--port N]`` where the package, fastapi and uvicorn are
 installed; its metrics are then on ``http://127.0.0.1:8000/metrics/``.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set, it serves every worker's counts, so that any ASGI
+server may run it with several workers (``docs/hosts/servers.md``); ``/metrics`` then
+answers only ``Authorization: Bearer $METRICS_TOKEN`` where ``METRICS_TOKEN`` is set.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import make_asgi_app
+from prometheus_client import Counter, Histogram, make_asgi_app
 
 import shop
+from veza_business_metrics import multiprocess
+
+# The host application's own metrics, which the multiprocess files carry too.
+PINGS = Counter("shop_pings_total", "Pings answered by the shop.")
+PING_SECONDS = Histogram("shop_ping_seconds", "Time to answer a ping.", buckets=(0.1, 0.5, 1))
 
 app = FastAPI(title="Example shop")
+if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    # The default registry would only show the worker that answers the scrape; this app
+    # reads every worker's files, live, exited or merged, and merges those of exited
+    # workers first, since uvicorn, Hypercorn and Granian tell the app of no exit.
+    metrics_app = multiprocess.make_asgi_app(bearer_token=os.environ.get("METRICS_TOKEN"))
+else:
+    metrics_app = make_asgi_app()
 # A mount answers /metrics with a redirect to /metrics/, which Prometheus follows.
-app.mount("/metrics", make_asgi_app())
+app.mount("/metrics", metrics_app)
 
 
 async def _json(request: Request) -> object:
@@ -60,6 +77,15 @@ async def fail_order(order_id: str) -> Response:
 async def refund_order(order_id: str, request: Request) -> Response:
     """Receive the payment provider's refund webhook."""
     return _respond(shop.refund_order(order_id, await _json(request)))
+
+
+@app.get("/ping")
+async def ping() -> Response:
+    """Answer a ping, counted only on the host application's own metrics."""
+    PINGS.inc()
+    # A fixed duration keeps the histogram's sum exact for the tests.
+    PING_SECONDS.observe(0.25)
+    return Response(status_code=204)
 
 
 @app.delete("/account")

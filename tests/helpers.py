@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import string
 import subprocess
@@ -27,6 +28,7 @@ import pytest
 from hypothesis import strategies as st
 
 from veza_business_metrics import _config
+from veza_business_metrics.multiprocess import MERGE_TIMEOUT, SCRAPE_TIMEOUT
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -558,8 +560,8 @@ def add(total: Series, change: Series) -> Series:
     return {**total, **{k: total.get(k, 0.0) + value for k, value in change.items()}}
 
 
-def traffic(base: str, requests: int, *, ping: bool = False) -> Series:
-    """Send ``requests`` requests over the shop's routes, 16 at a time.
+def traffic(base: str, requests: int, *, ping: bool = False, concurrency: int = 16) -> Series:
+    """Send ``requests`` requests over the shop's routes, ``concurrency`` at a time.
 
     Logins cycle through every outcome, one request in four completes an order for 100
     EUR cents, and with ``ping`` one in four is a ping. Returns what the requests that
@@ -583,40 +585,77 @@ def traffic(base: str, requests: int, *, ping: bool = False) -> Series:
         return {key(LOGINS, "outcome", outcome): 1.0}
 
     total: Series = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
         for change in pool.map(send, range(requests)):
             total = add(total, change)
     return total
 
 
 class Scraper(threading.Thread):
-    """Scrape a /metrics URL about every 30 ms, noting series that went down or vanished.
+    """Scrape a /metrics URL about every ``interval`` seconds, noting series that went down.
+
+    It also notes the 503s, which a scrape that cannot take the lock in time answers,
+    other error statuses, and the slowest answer of all.
 
     Args:
         url: The /metrics URL.
         directory: The multiprocess directory, whose file count is sampled at each scrape.
+        interval: The pause after each scrape.
+        seconds: How long it scrapes at the most.
     """
 
-    def __init__(self, url: str, directory: Path | None = None) -> None:
+    # However long ``seconds`` is, a scraper stops after this many tries.
+    MAX_SCRAPES: Final = 100_000
+
+    def __init__(
+        self,
+        url: str,
+        directory: Path | None = None,
+        *,
+        interval: float = 0.03,
+        seconds: float = 600,
+    ) -> None:
         """Prepare the thread; ``start()`` it, then ``stop()`` it."""
         super().__init__(daemon=True)
         self.url = url
         self.directory = directory
+        self.interval = interval
+        self.seconds = seconds
         self.scrapes = 0
+        self.unavailable = 0
+        self.errors: list[str] = []
+        self.slowest = 0.0
         self.decreases: list[str] = []
         self.peak_files: dict[str, int] = collections.Counter()
         self._last: Series = {}
         self._stopped = threading.Event()
+        self._peak_lock = threading.Lock()
 
     def run(self) -> None:
-        """Scrape until stopped, for 10 minutes at the most."""
-        deadline = time.monotonic() + 600
-        while not self._stopped.is_set() and time.monotonic() < deadline:
+        """Scrape until stopped, for ``seconds`` or ``MAX_SCRAPES`` tries at the most."""
+        deadline = time.monotonic() + self.seconds
+        for _ in range(self.MAX_SCRAPES):
+            if self._stopped.is_set() or time.monotonic() >= deadline:
+                break
+            started = time.monotonic()
             try:
-                now = samples(fetch(self.url))
-            except (OSError, HTTPException):
-                # A worker killed while it answered; the next scrape tells the truth.
+                text = fetch(self.url)
+            except urllib.error.HTTPError as error:
+                self.slowest = max(self.slowest, time.monotonic() - started)
+                if error.code == 503:
+                    self.unavailable += 1
+                else:
+                    self.errors.append(f"{error.code} {error.reason}")
+                error.close()
+                self._stopped.wait(self.interval)
                 continue
+            except (OSError, HTTPException):
+                # A worker killed while it answered; the next scrape tells the truth. A
+                # hang would still show, as the slowest answer.
+                self.slowest = max(self.slowest, time.monotonic() - started)
+                continue
+            self.slowest = max(self.slowest, time.monotonic() - started)
+            now = samples(text)
             self.decreases += [
                 f"{series}: {value} -> {now.get(series)}"
                 for series, value in self._last.items()
@@ -625,21 +664,37 @@ class Scraper(threading.Thread):
             self._last = now
             self.scrapes += 1
             if self.directory is not None:
-                # An archive being rewritten has a temporary twin for a moment; it is
-                # not a file that scrapes read, so it is not counted.
-                files = collections.Counter(
-                    path.name.partition("_")[0]
-                    for path in self.directory.glob("[!.]*_*")
-                    if path.suffix != ".tmp"
-                )
-                for kind, count in files.items():
-                    self.peak_files[kind] = max(self.peak_files[kind], count)
-            time.sleep(0.03)
+                # Counted under the lock, so that a count is in the window it began in.
+                with self._peak_lock:
+                    for kind, count in scraped_files_by_type(self.directory).items():
+                        self.peak_files[kind] = max(self.peak_files[kind], count)
+            self._stopped.wait(self.interval)
+
+    def take_peak(self) -> dict[str, int]:
+        """Return the peak file counts since the start or the last call, and start afresh."""
+        with self._peak_lock:
+            peak, self.peak_files = self.peak_files, collections.Counter()
+        return dict(peak)
 
     def stop(self) -> None:
         """Stop scraping and wait for the thread to end."""
         self._stopped.set()
         self.join(timeout=60)
+
+
+def scraped_files_by_type(directory: Path) -> dict[str, int]:
+    """Count by type the files in ``directory`` that a scrape may read, and the lock files.
+
+    An archive being rewritten has a temporary twin for a moment, and a corrupt file is
+    moved aside as ``*.corrupt``: scrapes read neither, so neither is counted.
+    """
+    return dict(
+        collections.Counter(
+            path.name.partition("_")[0]
+            for path in directory.glob("[!.]*_*")
+            if path.suffix not in {".tmp", ".corrupt"}
+        )
+    )
 
 
 def poll(probe: Callable[[], _T], until: Callable[[_T], bool], timeout: float = 60) -> _T:
@@ -661,10 +716,21 @@ class Prometheus:
     config: Path
     rule_file: Path
 
-    def write_config(self, targets: Mapping[str, Sequence[str]]) -> None:
-        """Write the configuration: the rule file and, for each job, its targets."""
+    def write_config(
+        self,
+        targets: Mapping[str, Sequence[str]],
+        settings: Mapping[str, Mapping[str, object]] | None = None,
+    ) -> None:
+        """Write the configuration: the rule file and, for each job, its targets.
+
+        ``settings`` adds scrape settings to the jobs it names, ``authorization`` say.
+        """
         scrape_configs = [
-            {"job_name": job, "static_configs": [{"targets": list(addresses)}]}
+            {
+                "job_name": job,
+                "static_configs": [{"targets": list(addresses)}],
+                **(settings or {}).get(job, {}),
+            }
             for job, addresses in targets.items()
         ]
         self.config.write_text(
@@ -700,12 +766,18 @@ class Prometheus:
 
 @contextlib.contextmanager
 def running_prometheus(
-    directory: Path, rule_file: Path, targets: Mapping[str, Sequence[str]]
+    directory: Path,
+    rule_file: Path,
+    targets: Mapping[str, Sequence[str]],
+    settings: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Iterator[Prometheus]:
-    """Run Debian's Prometheus on ``targets`` with ``rule_file`` until the block ends."""
+    """Run Debian's Prometheus on ``targets`` with ``rule_file`` until the block ends.
+
+    ``settings`` adds scrape settings to the jobs it names.
+    """
     binary = require_tool("prometheus")
     server = Prometheus(f"http://127.0.0.1:{free_port()}", directory / "prometheus.yml", rule_file)
-    server.write_config(targets)
+    server.write_config(targets, settings)
     command = [
         binary,
         f"--config.file={server.config}",
@@ -823,3 +895,475 @@ LOCKS: Final = frozenset({"veza_merge.lock", "veza_server.lock"})
 def file_names(directory: Path) -> set[str]:
     """Return the names of the files in the multiprocess ``directory``, but the lock files."""
     return {path.name for path in directory.iterdir()} - LOCKS
+
+
+# Options that make gunicorn replace each worker after a dozen requests or so, so that a
+# short run merges many workers' files.
+RECYCLING: Final = ("--max-requests", "12", "--max-requests-jitter", "4")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shop:
+    """A real gunicorn master that serves the multiprocess example shop."""
+
+    master: subprocess.Popen[bytes]
+    command: list[str]
+    env: dict[str, str]
+    directory: Path
+    base: str
+    log: Path
+    workers: int
+
+    @property
+    def metrics_url(self) -> str:
+        """Return the URL of its /metrics."""
+        return f"{self.base}/metrics"
+
+    @property
+    def bound(self) -> int:
+        """Return how many files of one type its directory may hold, at rest.
+
+        They are each worker's, the master's (which imports the package through the
+        config) and the archive.
+        """
+        return self.workers + 1 + 1
+
+    def start_again(self, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run a second server with this one's command and environment, ``env`` on top.
+
+        It runs until it exits, for a minute at the most; its output is captured.
+        """
+        return subprocess.run(
+            self.command,
+            cwd=self.log.parent,
+            env={**os.environ, **self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+
+@contextlib.contextmanager
+def shop_under_gunicorn(tmp_path: Path, *options: str, workers: int = 4) -> Iterator[Shop]:
+    """Serve the example shop with real gunicorn and its example config until the block ends.
+
+    The metrics go to ``tmp_path/metrics``, which it creates; gunicorn's output goes to
+    ``tmp_path/gunicorn.log``. The block starts once every worker runs.
+    """
+    gunicorn = require_tool("gunicorn")
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    base = f"http://127.0.0.1:{free_port()}"
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(directory),
+        "SHOP_BIND": base.removeprefix("http://"),
+        "SHOP_WORKERS": str(workers),
+    }
+    command = gunicorn_shop(gunicorn, *options)
+    log = tmp_path / "gunicorn.log"
+    with serving(command, f"{base}/metrics", tmp_path, log, env) as master:
+        wait_for_workers(master.pid, workers)
+        yield Shop(master, command, env, directory, base, log, workers)
+
+
+def kill_a_worker(shop: Shop) -> int:
+    """SIGKILL a worker that has written its file, wait until it is replaced; return its pid."""
+    # A worker killed before it imported the app has no file, and nothing to merge.
+    victim = poll(
+        lambda: min(wait_for_workers(shop.master.pid, shop.workers)),
+        lambda pid: (shop.directory / f"counter_{pid}.db").exists(),
+        timeout=30,
+    )
+    os.kill(victim, signal.SIGKILL)
+    wait_for_workers(shop.master.pid, shop.workers, gone=victim)
+    return victim
+
+
+def process_state(pid: int) -> str:
+    """Return the state letter of process ``pid`` in /proc: R, S, T (stopped), Z..."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+# Takes the directory's lock as a scrape does, says so, then stops itself.
+_HOLD_AS_A_SCRAPE: Final = """
+import os, signal, sys
+from pathlib import Path
+from veza_business_metrics import multiprocess
+with multiprocess._locked(Path(sys.argv[1]).resolve(), exclusive=False, timeout=60) as taken:
+    print("held" if taken else "not taken", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+@contextlib.contextmanager
+def stopped_scraper(directory: Path, seconds: float) -> Iterator[int]:
+    """Keep a process stopped for ``seconds`` while it holds what a scrape of ``directory`` holds.
+
+    The block, which gets its pid, runs while it is stopped; once the block is done and
+    ``seconds`` have passed since it stopped, it is continued, lets go and exits.
+    """
+    # Without the variable, its own metrics stay in memory: it adds no file to count.
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in {"PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"}
+    }
+    command = [sys.executable, "-c", _HOLD_AS_A_SCRAPE, str(directory)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as process:
+        try:
+            assert process.stdout is not None
+            said = process.stdout.readline()
+            assert said == "held\n", f"the lock holder said {said!r}, exit {process.poll()}"
+            state = poll(lambda: process_state(process.pid), lambda state: state == "T", 30)
+            assert state == "T", f"the lock holder did not stop: state {state}"
+            stopped_at = time.monotonic()
+            yield process.pid
+            time.sleep(max(0.0, stopped_at + seconds - time.monotonic()))
+            process.send_signal(signal.SIGCONT)
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def timed_logins(base: str, count: int, seconds: float) -> tuple[Series, list[float]]:
+    """Send logins one at a time, ``count`` at most and for ``seconds`` at most, and time them.
+
+    Returns what the acknowledged logins add to the samples, and how long each one took.
+    """
+    total: Series = {}
+    latencies = []
+    deadline = time.monotonic() + seconds
+    for number in range(count):
+        if time.monotonic() >= deadline:
+            break
+        body, status, outcome = LOGIN_CASES[number % len(LOGIN_CASES)]
+        started = time.monotonic()
+        answer = http("POST", f"{base}/login", body)
+        latencies.append(time.monotonic() - started)
+        if answer == (status, {"outcome": outcome}):
+            total = add(total, {key(LOGINS, "outcome", outcome): 1.0})
+    return total, latencies
+
+
+def unused_pid() -> int:
+    """Return a pid that no process has: one past the largest that the kernel gives."""
+    return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+
+
+def plant_corrupt_file(directory: Path, workers: Iterable[int]) -> Path:
+    """Copy a live worker's counter file, its first key no longer JSON, as a dead pid's.
+
+    The other entries stay valid, with the worker's counts: a merge that took them would
+    show in the totals. Returns the file, named as a process's that exited.
+    """
+    workers = sorted(workers)
+    for worker in workers:
+        try:
+            data = bytearray((directory / f"counter_{worker}.db").read_bytes())
+        except FileNotFoundError:  # a worker that exited, or has not written yet
+            continue
+        # The first entry's key starts after the used length, the padding and its length.
+        if data[12:14] == b'["':
+            break
+    else:
+        pytest.fail(f"none of the workers {workers} has a counter file with a key")
+    data[12:13] = b"{"
+    planted = directory / f"counter_{unused_pid()}.db"
+    # Whole, or not at all: a scrape must not meet it half-written.
+    temporary = directory.parent / f"{planted.name}.planting"
+    temporary.write_bytes(bytes(data))
+    temporary.replace(planted)
+    return planted
+
+
+def acknowledged(expected: Series) -> int:
+    """Return how many requests of ``traffic`` and ``timed_logins`` ``expected`` counts."""
+    counted = {LOGINS, "shop_pings_total"}
+    requests = sum(value for (name, _), value in expected.items() if name in counted)
+    return round(requests + expected.get(key(ORDERS, "status", "completed"), 0.0))
+
+
+def figures(expected: Series, scrapers: Sequence[Scraper], peak: Mapping[str, int]) -> str:
+    """Return the figures of a run under load, for a test to print and its assertions to quote."""
+    return (
+        f"{acknowledged(expected)} requests acknowledged,"
+        f" {sum(scraper.scrapes for scraper in scrapers)} scrapes,"
+        f" {sum(len(scraper.decreases) for scraper in scrapers)} decreases,"
+        f" {sum(scraper.unavailable for scraper in scrapers)} answered 503,"
+        f" slowest scrape {max(scraper.slowest for scraper in scrapers):.2f} s,"
+        f" files at the peak {dict(peak)}"
+    )
+
+
+# How long a lock holder stays stopped: a debugger's pause, a frozen container.
+STOP_SECONDS: Final = 5.0
+# A request that the stopped process held up would wait for the whole stop. gunicorn's
+# master waits MERGE_TIMEOUT once for a dead worker's merge, and replaces no worker
+# meanwhile: with recycling, every worker may have exited by then, and a request waits for
+# that, then for a new worker to start.
+FAST_REQUEST: Final = MERGE_TIMEOUT + 1.5
+# A scrape first tries to merge the dead workers' files, for MERGE_TIMEOUT, then waits for
+# its own lock for SCRAPE_TIMEOUT at the most; the rest is a margin for a busy machine.
+SLOWEST_SCRAPE: Final = MERGE_TIMEOUT + SCRAPE_TIMEOUT + 1.0
+
+
+def timed_scrape(url: str) -> tuple[int, float]:
+    """Scrape ``url`` once; return the status, 200 or an error's, and how long it took."""
+    started = time.monotonic()
+    try:
+        fetch(url)
+    except urllib.error.HTTPError as error:
+        error.close()
+        return error.code, time.monotonic() - started
+    return 200, time.monotonic() - started
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    """What happened around a process stopped while it held a scrape's lock."""
+
+    logins: Series
+    latencies: list[float]
+    victim_kept: bool
+    scrape_status: int
+    scrape_seconds: float
+    after: Series
+    first_scrape_seconds: float
+    at_rest: dict[str, int]
+    merged_in: float
+    victim_gone: bool
+
+    def __str__(self) -> str:
+        """Return the figures, for a test to print and its assertions to quote."""
+        return (
+            f"{len(self.latencies)} logins while stopped, the slowest"
+            f" {max(self.latencies):.2f} s; a scrape answered {self.scrape_status} in"
+            f" {self.scrape_seconds:.2f} s; the first scrape after it took"
+            f" {self.first_scrape_seconds:.2f} s, the directory was back to {self.at_rest}"
+            f" in {self.merged_in:.2f} s"
+        )
+
+
+def through_a_stop(shop: Shop, seconds: float) -> Stop:
+    """Stop a process that holds a scrape's lock for ``seconds``, while logins go on.
+
+    A worker is killed meanwhile. Once the process has let go, it scrapes, then waits
+    for the directory to be bounded again, for 10 seconds at the most.
+    """
+    with stopped_scraper(shop.directory, seconds):
+        end_of_stop = time.monotonic() + seconds
+        # Enough logins that workers are recycled meanwhile.
+        logins, latencies = timed_logins(shop.base, 2_000, seconds / 3)
+        victim = kill_a_worker(shop)
+        victim_kept = (shop.directory / f"counter_{victim}.db").exists()
+        status, took = timed_scrape(shop.metrics_url)
+        more, later = timed_logins(shop.base, 2_000, end_of_stop - 0.5 - time.monotonic())
+    resumed = time.monotonic()
+    after = samples(fetch(shop.metrics_url))
+    first_scrape = time.monotonic() - resumed
+    at_rest = poll(
+        lambda: scraped_files_by_type(shop.directory),
+        lambda files: max(files.values()) <= shop.bound,
+        timeout=10,
+    )
+    return Stop(
+        logins=add(logins, more),
+        latencies=latencies + later,
+        victim_kept=victim_kept,
+        scrape_status=status,
+        scrape_seconds=took,
+        after=after,
+        first_scrape_seconds=first_scrape,
+        at_rest=at_rest,
+        merged_in=time.monotonic() - resumed,
+        victim_gone=not (shop.directory / f"counter_{victim}.db").exists(),
+    )
+
+
+# multiprocessing's own helper processes, which an ASGI server's master may fork beside
+# its workers: they serve no request and write no metrics file.
+_HELPER_PROCESSES: Final = (b"multiprocessing.resource_tracker", b"multiprocessing.forkserver")
+
+
+def server_workers(master: int) -> set[int]:
+    """Return the pids of the live worker processes of the server ``master``.
+
+    They are its children, from whichever of its threads forked them, but for zombies
+    (exited, not yet reaped) and multiprocessing's helper processes.
+    """
+    children: set[int] = set()
+    for task in Path(f"/proc/{master}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended
+            children.update(int(pid) for pid in (task / "children").read_text().split())
+    workers = set()
+    for pid in children:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):  # reaped while we looked
+            continue
+        # A zombie has no command line left.
+        if command and not any(helper in command for helper in _HELPER_PROCESSES):
+            workers.add(pid)
+    return workers
+
+
+def started_at(pid: int) -> int:
+    """Return when process ``pid`` started, in clock ticks since boot."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+
+class WorkerWatcher(threading.Thread):
+    """Note every worker pid of a server's master, about every 50 ms, until stopped.
+
+    Args:
+        master: The server's master process.
+        seconds: How long it watches at the most.
+    """
+
+    MAX_LOOKS: Final = 100_000
+
+    def __init__(self, master: int, seconds: float = 600) -> None:
+        """Prepare the thread; ``start()`` it, then ``stop()`` it."""
+        super().__init__(daemon=True)
+        self.master = master
+        self.seconds = seconds
+        # Each worker's start time, by pid.
+        self.seen: dict[int, int] = {}
+        self.most = 0
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        """Look until stopped, for ``seconds`` or ``MAX_LOOKS`` looks at the most."""
+        deadline = time.monotonic() + self.seconds
+        for _ in range(self.MAX_LOOKS):
+            if self._stopped.is_set() or time.monotonic() >= deadline:
+                break
+            with contextlib.suppress(FileNotFoundError):  # the master exited
+                workers = server_workers(self.master)
+                for pid in workers.difference(self.seen):
+                    with contextlib.suppress(FileNotFoundError):  # exited meanwhile
+                        self.seen[pid] = started_at(pid)
+                self.most = max(self.most, len(workers))
+            self._stopped.wait(0.05)
+
+    def stop(self) -> None:
+        """Stop looking and wait for the thread to end."""
+        self._stopped.set()
+        self.join(timeout=60)
+
+
+def wait_for_server_workers(master: int, count: int, gone: int | None = None) -> set[int]:
+    """Wait until the server ``master`` has ``count`` workers, ``gone`` not among them."""
+    workers = poll(
+        lambda: server_workers(master),
+        lambda workers: len(workers) == count and gone not in workers,
+        timeout=60,
+    )
+    assert len(workers) == count, f"server {master} has the workers {workers}, not {count}"
+    assert gone not in workers, f"server {master} did not replace its worker {gone}"
+    return workers
+
+
+@dataclasses.dataclass
+class Load:
+    """What the requests of a run under failures did to the shop's samples."""
+
+    # What the requests that the app acknowledged add.
+    acknowledged: Series = dataclasses.field(default_factory=dict)
+    # What the requests that got no answer, or an unexpected one, would add had the app
+    # counted them: a worker killed or recycled may have counted them, or not.
+    unsure: Series = dataclasses.field(default_factory=dict)
+    unanswered: int = 0
+    unexpected: list[str] = dataclasses.field(default_factory=list)
+    not_sent: int = 0
+
+    def requests(self) -> int:
+        """Return how many requests the app acknowledged."""
+        return acknowledged(self.acknowledged)
+
+
+def _shop_request(number: int, *, ping: bool) -> tuple[str, str, object, int, object, Series]:
+    """Return request ``number`` of ``traffic``: method, path, body, status, reply, change.
+
+    A reply of ``None`` is not checked, only the status.
+    """
+    if ping and number % 4 == 3:
+        return "GET", "/ping", None, 204, None, PING
+    if number % 4 == 1:
+        change = {key(ORDERS, "status", "completed"): 1.0, key(REVENUE, "currency", "EUR"): 100.0}
+        payment = {"amount_cents": 100, "currency": "EUR"}
+        return "POST", f"/orders/{number}/complete", payment, 200, None, change
+    body, status, outcome = LOGIN_CASES[number % len(LOGIN_CASES)]
+    return (
+        "POST",
+        "/login",
+        body,
+        status,
+        {"outcome": outcome},
+        {key(LOGINS, "outcome", outcome): 1.0},
+    )
+
+
+def traffic_under_failures(
+    base: str,
+    requests: int,
+    seconds: float,
+    *,
+    until: threading.Event | None = None,
+    ping: bool = True,
+    concurrency: int = 8,
+) -> Load:
+    """Send ``traffic``'s requests while workers die, until ``until`` is set.
+
+    It sends ``requests`` at the most, for ``seconds`` at the most. A request that gets
+    no answer, or an unexpected one, does not fail the run: the returned ``Load`` tells
+    them apart from the acknowledged ones.
+    """
+    deadline = time.monotonic() + seconds
+    until = until or threading.Event()
+    load = Load()
+    lock = threading.Lock()
+
+    def send(number: int) -> None:
+        if until.is_set() or time.monotonic() >= deadline:
+            with lock:
+                load.not_sent += 1
+            return
+        method, path, body, status, reply, change = _shop_request(number, ping=ping)
+        try:
+            answer = http(method, f"{base}{path}", body)
+        except (OSError, HTTPException):  # reset, refused or cut by a dying worker
+            answer = None
+        with lock:
+            if (
+                answer is not None
+                and answer[0] == status
+                and (reply is None or answer[1] == reply)
+            ):
+                load.acknowledged = add(load.acknowledged, change)
+                return
+            load.unsure = add(load.unsure, change)
+            if answer is None:
+                load.unanswered += 1
+            else:
+                load.unexpected.append(f"{method} {path}: {answer}")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(send, range(requests)))
+    return load
+
+
+def outside_bounds(final: Series, least: Series, most: Series) -> list[str]:
+    """Return the series of ``final`` that are not between ``least`` and ``most``, or not in both.
+
+    For a run where some requests got no answer: each series must count every
+    acknowledged request (``least``) and at most the unanswered ones besides (``most``).
+    """
+    return [
+        f"{series}: {final.get(series)} not in [{least.get(series)}, {most.get(series)}]"
+        for series in sorted(final.keys() | least.keys() | most.keys())
+        if not least.get(series, 0.0) <= final.get(series, -1.0) <= most.get(series, -1.0)
+    ]

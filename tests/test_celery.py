@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
+import logging
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import sys
 import time
 import tomllib
 import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,6 +164,37 @@ def test_the_main_process_serves_every_process_on_one_port(
     assert samples(fetch(url)) == worker_samples(5)
     worker.stop()
     assert refused(url)
+
+
+def test_the_endpoint_asks_for_the_credentials_and_says_where_it_serves(
+    app: Celery,
+    directory: Path,
+    build_worker: Callable[[Celery], WorkController],
+    caplog: pytest.LogCaptureFixture,
+    workers: list[Worker],
+) -> None:
+    """With a bearer token, a scrape without it gets 401; the worker logs its address once."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    setup(app, port=port, bearer_token="celery-s3cret")  # noqa: S106  a test's token
+    with caplog.at_level(logging.INFO, logger="veza_business_metrics.celery"):
+        build_worker(app)
+    (line,) = [record.getMessage() for record in caplog.records if "Serving" in record.message]
+    assert line == f"Serving the metrics of every process in {directory} on {url}, with auth"
+    pool_process = Worker(directory)
+    workers.append(pool_process)
+    pool_process.record(2)
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        fetch(url)
+    request = urllib.request.Request(url, headers={"Authorization": "Bearer celery-s3cret"})
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        assert samples(response.read().decode()) == worker_samples(2)
+
+
+def test_setup_refuses_an_empty_token_before_any_worker_starts(app: Celery) -> None:
+    """A credential that no scrape could send raises where setup() is called."""
+    with pytest.raises(ValueError, match="bearer_token must be non-empty"):
+        setup(app, port=free_port(), bearer_token="")
 
 
 def test_a_starting_pool_process_merges_those_that_exited(

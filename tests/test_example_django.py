@@ -107,6 +107,7 @@ def test_django_multiprocess_survives_a_killed_worker(tmp_path: Path) -> None:
     gunicorn = require_tool("gunicorn")
     port = free_port()
     metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
     command = gunicorn_shop(gunicorn, "--chdir", str(DJANGO_APP), app=WSGI_APP)
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "SHOP_BIND": f"127.0.0.1:{port}"}
     base = f"http://127.0.0.1:{port}"

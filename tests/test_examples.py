@@ -18,6 +18,7 @@ from helpers import (
     EXPECTED_AFTER_ROUTES,
     LOGINS,
     ORDERS,
+    RECYCLING,
     REVENUE,
     ZERO,
     Scraper,
@@ -92,8 +93,7 @@ def test_gunicorn_recycling_workers_stay_exact_and_bounded(tmp_path: Path, prelo
     metrics_dir.mkdir()
     stale = metrics_dir / "counter_999999.db"
     stale.write_bytes(b"left over by an earlier run")
-    recycling = ["--max-requests", "12", "--max-requests-jitter", "4"]
-    command = gunicorn_shop(gunicorn, *recycling, *(["--preload"] if preload else []))
+    command = gunicorn_shop(gunicorn, *RECYCLING, *(["--preload"] if preload else []))
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "SHOP_BIND": f"127.0.0.1:{port}"}
     base = f"http://127.0.0.1:{port}"
     scraper = Scraper(f"{base}/metrics", metrics_dir)

@@ -5,9 +5,10 @@ them (``--max-tasks-per-child``). In prometheus_client's multiprocess mode they 
 files in ``PROMETHEUS_MULTIPROC_DIR``; ``setup`` wires Celery's signals so that the
 worker's main process, which runs no task, serves them all on one port:
 
-- ``worker_init``, in the main process before the pool starts: empty the directory, then
-  serve ``/metrics`` with :class:`~veza_business_metrics.multiprocess.MultiProcessCollector`,
-  merging the files of exited children before every scrape;
+- ``worker_init``, in the main process before the pool starts: serve ``/metrics`` with
+  :func:`~veza_business_metrics.multiprocess.make_wsgi_app`, which merges the files of
+  exited children before every scrape, then empty the directory, and log where it
+  serves;
 - ``worker_process_init``, in each pool child as it starts: merge the files of the
   children that exited before it, whether they ran ``worker_process_shutdown`` or were
   killed by ``SIGKILL``; an exiting child cannot merge its own files, which it has open;
@@ -19,23 +20,34 @@ the main process ever holds the port.
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import TYPE_CHECKING
+import socket
+import threading
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from celery import Celery, signals
-from prometheus_client import CollectorRegistry, start_http_server
 
 from veza_business_metrics import multiprocess
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from celery.worker import WorkController
+
+_LOG: Final = logging.getLogger(__name__)
 
 __all__ = ["setup"]
 
 
-def setup(app: Celery, *, port: int, addr: str = "127.0.0.1") -> None:
+def setup(
+    app: Celery,
+    *,
+    port: int,
+    addr: str = "127.0.0.1",
+    bearer_token: str | None = None,
+    basic_auth: tuple[str, str] | None = None,
+) -> None:
     """Serve ``/metrics`` for every process of ``app``'s workers from their main process.
 
     Call it once, where the app is defined. It only connects signal receivers, so the
@@ -47,14 +59,18 @@ def setup(app: Celery, *, port: int, addr: str = "127.0.0.1") -> None:
         app: The Celery app whose workers serve the metrics.
         port: The TCP port that each worker's main process listens on, 1 to 65535.
         addr: The address it listens on.
+        bearer_token: The token that a scrape's ``Authorization: Bearer`` must carry.
+        basic_auth: The user name and password that a scrape's basic auth must carry.
 
     Raises:
-        TypeError: If ``app`` is not a ``Celery`` app, ``port`` not an int or ``addr``
-            not a str.
-        ValueError: If ``port`` is outside 1 to 65535.
+        TypeError: If ``app`` is not a ``Celery`` app, ``port`` not an int, ``addr``
+            not a str, or a credential not a str.
+        ValueError: If ``port`` is outside 1 to 65535, or a credential is empty.
     """
     _check_arguments(app, port, addr)
-    endpoint = _Endpoint(app, port, addr)
+    # Checked here, where the mistake is made, rather than when a worker starts.
+    multiprocess._accepted_authorizations(bearer_token, basic_auth)  # noqa: SLF001
+    endpoint = _Endpoint(app, port, addr, bearer_token, basic_auth)
     # Celery holds receivers weakly by default, and nothing else holds this endpoint.
     signals.worker_init.connect(endpoint.start, weak=False)
     signals.worker_process_init.connect(endpoint.merge_exited, weak=False)
@@ -79,10 +95,19 @@ def _check_arguments(app: object, port: object, addr: object) -> None:
 class _Endpoint:
     """The ``/metrics`` server of the main process of one app's worker."""
 
-    def __init__(self, app: Celery, port: int, addr: str) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        port: int,
+        addr: str,
+        bearer_token: str | None,
+        basic_auth: tuple[str, str] | None,
+    ) -> None:
         self._app = app
         self._port = port
         self._addr = addr
+        self._bearer_token = bearer_token
+        self._basic_auth = basic_auth
         self._server: WSGIServer | None = None
         self._directory = ""
 
@@ -106,9 +131,12 @@ class _Endpoint:
             )
             raise SystemExit(msg)
         try:
-            registry = CollectorRegistry()
-            multiprocess._SweepingCollector(registry, directory)  # noqa: SLF001
-            self._server = start_http_server(self._port, self._addr, registry)[0]
+            served = multiprocess.make_wsgi_app(
+                directory, bearer_token=self._bearer_token, basic_auth=self._basic_auth
+            )
+            family = socket.AF_INET6 if ":" in self._addr else socket.AF_INET
+            server_class = type("_Server", (_ThreadingServer,), {"address_family": family})
+            self._server = make_server(self._addr, self._port, served, server_class, _QuietHandler)
         except (OSError, ValueError) as error:
             msg = f"Cannot serve /metrics on {self._addr}:{self._port}: {error}"
             raise SystemExit(msg) from None
@@ -124,6 +152,14 @@ class _Endpoint:
             msg = f"Cannot serve /metrics: {error}"
             raise SystemExit(msg) from None
         self._directory = directory
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        _LOG.info(
+            "Serving the metrics of every process in %s on http://%s:%s/metrics%s",
+            directory,
+            self._addr,
+            self._port,
+            "" if self._bearer_token is None and self._basic_auth is None else ", with auth",
+        )
         # A child keeps every descriptor of its parent: without this, a child outliving
         # a killed main process would keep the port, and a restarted worker could not
         # bind it.
@@ -140,3 +176,16 @@ class _Endpoint:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """A WSGI server that answers each scrape in a thread of its own."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """A request handler that does not log each scrape."""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        """Log nothing: Prometheus scrapes every few seconds."""

@@ -16,21 +16,26 @@ there.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 from veza_business_metrics import multiprocess
 
 __all__ = ["child_exit", "when_ready"]
 
+# How long child_exit waits for the lock, in seconds.
+CHILD_EXIT_TIMEOUT: Final = 0.25
+
 
 class _Logger(Protocol):
-    def error(self, message: str, *arguments: object) -> None: ...
-    def exception(self, message: str, *arguments: object) -> None: ...
+    def error(self, message: str, /, *arguments: object) -> None: ...
+    def exception(self, message: str, /, *arguments: object) -> None: ...
 
 
 class _Arbiter(Protocol):
     master_pid: int
-    log: _Logger
+
+    @property
+    def log(self) -> _Logger: ...
 
 
 class _Worker(Protocol):
@@ -62,7 +67,9 @@ def when_ready(server: _Arbiter) -> None:
 def child_exit(server: _Arbiter, worker: _Worker) -> None:
     """Merge the files of a worker that exited, however it died, into the archives."""
     try:
-        multiprocess.mark_process_dead(worker.pid)
+        # A short wait: the master replaces no worker meanwhile. What a stopped process
+        # puts off, the next merge or a scrape through make_wsgi_app() does.
+        multiprocess.mark_process_dead(worker.pid, timeout=CHILD_EXIT_TIMEOUT)
     except Exception:
         # gunicorn would halt on it; the merge stays put off for the next one to retry.
         server.log.exception("Could not merge the metrics files of worker %s", worker.pid)

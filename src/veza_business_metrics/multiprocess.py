@@ -77,16 +77,16 @@ from prometheus_client.metrics_core import Metric
 from veza_business_metrics._errors import DirectoryInUseError, LockTimeoutError, MultiprocessError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Iterator
+    from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     # An ASGI 3 application, as the servers and frameworks call it.
     ASGIApplication = Callable[
         [
-            dict[str, Any],
-            Callable[[], Awaitable[dict[str, Any]]],
-            Callable[[dict[str, Any]], Awaitable[None]],
+            MutableMapping[str, Any],
+            Callable[[], Awaitable[MutableMapping[str, Any]]],
+            Callable[[MutableMapping[str, Any]], Awaitable[None]],
         ],
         Awaitable[None],
     ]
@@ -116,6 +116,8 @@ MERGE_TIMEOUT: Final = 2.0
 # After a merge waited in vain, the merges of the next this many seconds try once
 # without waiting, so that a burst of worker exits does not cost MERGE_TIMEOUT each.
 _STUCK_SECONDS: Final = 5.0
+# How long the apps' merge before a scrape waits: the scrape's own wait comes after it.
+_SWEEP_BEFORE_SCRAPE_TIMEOUT: Final = 0.25
 
 _LOG: Final = logging.getLogger(__name__)
 _ADDITIVE: Final = ("counter", "histogram", "summary")
@@ -340,9 +342,9 @@ def make_asgi_app(
     directory = os.fspath(_directory(path))
 
     async def metrics_app(
-        scope: dict[str, Any],
-        receive: Callable[[], Awaitable[dict[str, Any]]],
-        send: Callable[[dict[str, Any]], Awaitable[None]],
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
     ) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
@@ -437,25 +439,28 @@ def _authorized(header: str | None, accepted: list[bytes]) -> bool:
 
 def _sweep_logged(directory: str) -> None:
     try:
-        sweep(directory)
+        sweep(directory, timeout=_SWEEP_BEFORE_SCRAPE_TIMEOUT)
     except (OSError, ValueError):
         # Put off, not lost: the scrape still shows every count, merged or not.
         _LOG.exception("Could not merge the metrics files in %s", directory)
 
 
-def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> None:
+def mark_process_dead(
+    pid: int, path: str | os.PathLike[str] | None = None, *, timeout: float | None = None
+) -> None:
     """Remove a dead process's live gauges, then merge its other files into the archives.
 
     Call it from gunicorn's ``child_exit`` hook, or wherever a host learns that one of
     its worker processes has exited. Gauge files other than live ones stay, as
     prometheus_client's own ``mark_process_dead`` leaves them. Files that a running
     process with that pid has open, as a new worker that reused the pid may, stay too.
-    If another process holds the lock for ``MERGE_TIMEOUT`` seconds, the merge is put
-    off until this process's next merge or scrape.
+    If another process holds the lock for ``timeout`` seconds, the merge is put off
+    until this process's next merge or scrape.
 
     Args:
         pid: The process that exited.
         path: The multiprocess directory; ``PROMETHEUS_MULTIPROC_DIR`` by default.
+        timeout: How long to wait for the lock, in seconds; ``MERGE_TIMEOUT`` by default.
 
     Raises:
         TypeError: If ``pid`` is not an int.
@@ -464,10 +469,10 @@ def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> N
     if type(pid) is not int:
         msg = f"pid must be an int, got {type(pid).__name__} {pid!r}"
         raise TypeError(msg)
-    _compact(_directory(path), {pid})
+    _compact(_directory(path), {pid}, timeout)
 
 
-def sweep(path: str | os.PathLike[str] | None = None) -> int:
+def sweep(path: str | os.PathLike[str] | None = None, *, timeout: float | None = None) -> int:
     """Do what ``mark_process_dead`` does for every process that is no longer running.
 
     It is for hosts without a hook on a worker's exit, and for files left while nothing
@@ -477,6 +482,8 @@ def sweep(path: str | os.PathLike[str] | None = None) -> int:
 
     Args:
         path: The multiprocess directory; ``PROMETHEUS_MULTIPROC_DIR`` by default.
+        timeout: How long to wait for the lock, in seconds, before the merge is put off;
+            ``MERGE_TIMEOUT`` by default.
 
     Returns:
         How many dead processes' files it merged.
@@ -487,7 +494,7 @@ def sweep(path: str | os.PathLike[str] | None = None) -> int:
     directory = _directory(path)
     if not _is_deferred(directory) and not _has_work(directory):
         return 0
-    return _compact(directory, None)
+    return _compact(directory, None, timeout)
 
 
 def clear(path: str | os.PathLike[str] | None = None) -> None:
@@ -926,7 +933,7 @@ def _encode(partials: dict[str, list[float]], absorbed: set[str]) -> bytes:
     return bytes(data + _CHECKSUM.pack(zlib.crc32(data)))
 
 
-def _compact(directory: Path, pids: set[int] | None) -> int:
+def _compact(directory: Path, pids: set[int] | None, timeout: float | None = None) -> int:
     """Merge the files of ``pids``, or of every dead process; return how many processes.
 
     The merges put off for the directory run too, and so do those that a signal handler
@@ -937,7 +944,8 @@ def _compact(directory: Path, pids: set[int] | None) -> int:
     while not getattr(_local, "holding", False):
         # Soon after a merge waited in vain, one more try is all a merge makes; a try
         # that fails does not make that time longer, so merges wait again after it.
-        patience = MERGE_TIMEOUT if time.monotonic() >= _stuck_until.get(key, 0) else 0
+        wait = MERGE_TIMEOUT if timeout is None else timeout
+        patience = wait if time.monotonic() >= _stuck_until.get(key, 0) else 0
         with _locked(directory, exclusive=True, timeout=patience) as taken:
             if taken:
                 _stuck_until.pop(key, None)

@@ -1,0 +1,370 @@
+"""The FastAPI example shop under real multi-process ASGI servers, whose workers come and go.
+
+uvicorn, gunicorn with uvicorn's worker, Hypercorn and Granian each run it with three
+workers, recycled by the server's own mechanism and, where the server survives it,
+SIGKILLed; the shop's ``/metrics`` is ``veza_business_metrics.multiprocess.make_asgi_app``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from helpers import (
+    EXAMPLES,
+    ZERO,
+    Scraper,
+    WorkerWatcher,
+    add,
+    business_series,
+    fetch,
+    files_by_type,
+    free_port,
+    poll,
+    process_state,
+    require_tool,
+    samples,
+    server_workers,
+    serving,
+    started_at,
+    traffic_under_failures,
+    wait_for_server_workers,
+)
+
+if TYPE_CHECKING:
+    from helpers import Load, Series
+
+WORKERS = 3
+# Traffic runs while workers are killed or recycled, and as long as the server's
+# load_seconds at least, but never more than this many requests or seconds.
+REQUESTS = 20_000
+MAX_LOAD_SECONDS = 60.0
+# The pause before each kill or reload, so that traffic runs between them.
+PAUSE = 2.0
+KILL = "SIGKILL a worker"
+RELOAD = "SIGHUP the master"
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    """How a server runs the example shop, and what it survives."""
+
+    name: str
+    executable: str
+    # The arguments, with {port} for the port to bind on 127.0.0.1.
+    arguments: tuple[str, ...]
+    # What happens to it while the traffic runs, in order.
+    events: tuple[str, ...]
+    # How many workers its own mechanism replaces in the run at least.
+    recycles: int
+    # Whether its master imports the package, and so writes its own files.
+    master_writes: bool = False
+    # How long the traffic runs at least, whatever the events.
+    load_seconds: float = 12.0
+
+
+SERVERS = (
+    Server(
+        "uvicorn",
+        "uvicorn",
+        (
+            *("--host", "127.0.0.1", "--port", "{port}", "--workers", str(WORKERS)),
+            *("--limit-max-requests", "200", "--limit-max-requests-jitter", "50"),
+            "fastapi_app:app",
+        ),
+        (KILL, KILL, KILL),
+        recycles=WORKERS,
+    ),
+    Server(
+        "gunicorn-uvicorn-worker",
+        "gunicorn",
+        (
+            *("--no-control-socket", "--config", str(EXAMPLES / "gunicorn" / "gunicorn.conf.py")),
+            *("--bind", "127.0.0.1:{port}", "--workers", str(WORKERS)),
+            *("--worker-class", "uvicorn_worker.UvicornWorker"),
+            *("--max-requests", "200", "--max-requests-jitter", "50"),
+            "fastapi_app:app",
+        ),
+        (KILL, KILL, KILL),
+        recycles=WORKERS,
+        # The config imports the package's hooks.
+        master_writes=True,
+    ),
+    Server(
+        "hypercorn",
+        "hypercorn",
+        (
+            *("--bind", "127.0.0.1:{port}", "--workers", str(WORKERS)),
+            *("--max-requests", "60", "--max-requests-jitter", "20"),
+            "fastapi_app:app",
+        ),
+        # Hypercorn stops when a worker dies (test_hypercorn_stops_when_a_worker_dies):
+        # it is only recycled.
+        (),
+        recycles=WORKERS,
+        # It answers fewer requests a second than the others: it needs longer for as
+        # many recycles.
+        load_seconds=20.0,
+    ),
+    Server(
+        "granian",
+        "granian",
+        (
+            *("--interface", "asgi", "--host", "127.0.0.1", "--port", "{port}"),
+            *("--workers", str(WORKERS), "--respawn-failed-workers", "--respawn-interval", "1"),
+            # Granian's shortest lifetime, too long for this run: a SIGHUP respawns every
+            # worker gracefully the same way, and sooner.
+            *("--workers-lifetime", "60"),
+            # Without it, a TERM while a respawned worker starts waits for it forever.
+            *("--workers-kill-timeout", "10"),
+            "fastapi_app:app",
+        ),
+        (KILL, RELOAD, KILL, KILL),
+        recycles=WORKERS,
+    ),
+)
+
+
+def await_successors(master: int, directory: Path, before: set[int]) -> None:
+    """Wait until the workers started since ``before`` have imported the shop, or exited.
+
+    The shop's histogram has a file once a worker imported it; a successor may also be
+    recycled, and its files merged, before the wait sees it.
+    """
+
+    def waiting() -> set[int]:
+        return {
+            pid
+            for pid in server_workers(master) - before
+            if not (directory / f"histogram_{pid}.db").exists()
+        }
+
+    assert poll(waiting, lambda pids: not pids, timeout=60) == set()
+
+
+def kill_oldest_worker(master: int, directory: Path) -> int:
+    """SIGKILL the server's oldest worker, wait until its successor has the app; return its pid.
+
+    The oldest, since Granian takes a second failure within 5.5 s of a worker's respawn
+    for a crash loop, and stops.
+    """
+    before = wait_for_server_workers(master, WORKERS)
+    victim = min(before, key=started_at)
+    os.kill(victim, signal.SIGKILL)
+    wait_for_server_workers(master, WORKERS, gone=victim)
+    await_successors(master, directory, before)
+    return victim
+
+
+def reload_every_worker(master: int, directory: Path) -> None:
+    """SIGHUP the server, and wait until each of its workers has been replaced."""
+    before = wait_for_server_workers(master, WORKERS)
+    os.kill(master, signal.SIGHUP)
+    workers = poll(
+        lambda: server_workers(master),
+        lambda workers: len(workers) == WORKERS and not workers & before,
+        timeout=60,
+    )
+    assert not workers & before, f"the workers {workers & before} outlived the SIGHUP"
+    await_successors(master, directory, before)
+
+
+def reap_strays(watcher: WorkerWatcher) -> set[int]:
+    """SIGKILL the workers that ``watcher`` saw and outlived their stopped server; return them.
+
+    They get 5 s to exit first. A pid counts only while its start time is the one the
+    watcher saw: a process that reused it since is not the server's.
+    """
+
+    def running() -> set[int]:
+        alive = set()
+        for pid, birth in watcher.seen.items():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                if started_at(pid) == birth and process_state(pid) != "Z":
+                    alive.add(pid)
+        return alive
+
+    strays = poll(running, lambda alive: not alive, timeout=5)
+    for pid in strays:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return strays
+
+
+def check_against_load(final: Series, expected: Series, unsure: Series) -> None:
+    """Check that ``final`` is ``expected``, plus part of what unanswered requests would add."""
+    assert expected.keys() <= final.keys(), expected.keys() - final.keys()
+    assert final.keys() <= expected.keys() | unsure.keys(), final.keys() - expected.keys()
+    for series, value in final.items():
+        extra = value - expected.get(series, 0.0)
+        assert 0.0 <= extra <= unsure.get(series, 0.0), (series, value, expected.get(series))
+
+
+@dataclasses.dataclass
+class Run:
+    """What a run of the shop under a server saw."""
+
+    server: Server
+    expected: Series
+    final: Series
+    load: Load
+    scraper: Scraper
+    watcher: WorkerWatcher
+    first: set[int]
+    kills: int
+    at_end: dict[str, int]
+    strays: set[int]
+    seconds: float
+
+    @property
+    def recycles(self) -> int:
+        """Return how many workers the server's own mechanism replaced."""
+        return len(self.watcher.seen.keys() - self.first) - self.kills
+
+    def figures(self) -> str:
+        """Return the figures of the run, for the test to print."""
+        load, scraper = self.load, self.scraper
+        return (
+            f"{self.server.name}: {load.requests()} requests acknowledged,"
+            f" {load.unanswered} unanswered, {len(load.unexpected)} answered otherwise,"
+            f" {scraper.scrapes} scrapes, {len(scraper.decreases)} decreases,"
+            f" {scraper.unavailable} answered 503, slowest scrape {scraper.slowest:.2f} s,"
+            f" {self.kills} kills, {self.recycles} recycles, at most {self.watcher.most}"
+            f" workers at once, files at the peak {dict(scraper.peak_files)}, at the end"
+            f" {self.at_end}, {self.seconds:.1f} s"
+        )
+
+
+def apply(server: Server, master: int, directory: Path) -> int:
+    """Kill or reload the workers as ``server.events`` says, a pause before each; count kills."""
+    kills = 0
+    for event in server.events:
+        time.sleep(PAUSE)
+        if event == KILL:
+            kill_oldest_worker(master, directory)
+            kills += 1
+        else:
+            reload_every_worker(master, directory)
+    return kills
+
+
+def run_shop(server: Server, tmp_path: Path) -> Run:
+    """Serve the shop with ``server`` under traffic, scrapes and ``server.events``."""
+    executable = require_tool(server.executable)
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [executable, *(argument.format(port=port) for argument in server.arguments)]
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(directory), "PYTHONPATH": str(EXAMPLES)}
+    # The trailing slash saves the redirect of the mount.
+    scraper = Scraper(f"{base}/metrics/", directory, interval=0.05, seconds=120)
+    log = tmp_path / f"{server.name}.log"
+    started = time.monotonic()
+    with serving(command, f"{base}/metrics", tmp_path, log, env) as master:
+        watcher = WorkerWatcher(master.pid, seconds=120)
+        try:
+            first = wait_for_server_workers(master.pid, WORKERS)
+            expected = samples(fetch(f"{base}/metrics"))
+            assert business_series(fetch(f"{base}/metrics")) == ZERO
+            scraper.start()
+            watcher.start()
+            stop = threading.Event()
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+                running = pool.submit(
+                    traffic_under_failures, base, REQUESTS, MAX_LOAD_SECONDS, until=stop
+                )
+                try:
+                    kills = apply(server, master.pid, directory)
+                    time.sleep(max(PAUSE, started + server.load_seconds - time.monotonic()))
+                finally:
+                    stop.set()
+                load = running.result(timeout=MAX_LOAD_SECONDS + 60)
+            scraper.stop()
+            assert master.poll() is None, f"{server.name} stopped:\n{log.read_text()}"
+            final = samples(fetch(f"{base}/metrics"))
+            at_end = files_by_type(directory)
+        finally:
+            scraper.stop()
+            watcher.stop()
+            master.terminate()
+            master.wait(timeout=60)
+            strays = reap_strays(watcher)
+    seconds = time.monotonic() - started
+    return Run(
+        server, expected, final, load, scraper, watcher, first, kills, at_end, strays, seconds
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", SERVERS, ids=[server.name for server in SERVERS])
+def test_workers_that_come_and_go_keep_every_count(tmp_path: Path, server: Server) -> None:
+    """Recycled and SIGKILLed workers: scrapes never go down, end exact, files stay bounded."""
+    run = run_shop(server, tmp_path)
+    print(f"\n{run.figures()}")  # noqa: T201  (the figures a change's note quotes, with -s)
+    assert run.strays == set(), f"{server.name} left workers running after it stopped"
+    assert run.scraper.decreases == []
+    assert run.scraper.errors == []
+    assert run.scraper.scrapes > 20
+    assert run.load.unexpected == []
+    assert run.load.requests() > 500
+    check_against_load(run.final, add(run.expected, run.load.acknowledged), run.load.unsure)
+    assert run.kills == server.events.count(KILL)
+    assert run.recycles >= server.recycles
+    # Per type: a file per live worker, the master's if it writes one, and the archive.
+    extra = server.master_writes + 1
+    assert max(run.scraper.peak_files.values()) <= run.watcher.most + extra
+    assert max(run.at_end.values()) <= WORKERS + extra
+
+
+def test_hypercorn_stops_when_a_worker_dies(tmp_path: Path) -> None:
+    """Hypercorn with workers stops altogether, with status 0, when one of them is SIGKILLed."""
+    hypercorn = require_tool("hypercorn")
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    port = free_port()
+    command = [hypercorn, "--bind", f"127.0.0.1:{port}", "--workers", "2", "fastapi_app:app"]
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(directory), "PYTHONPATH": str(EXAMPLES)}
+    url = f"http://127.0.0.1:{port}/metrics"
+    with serving(command, url, tmp_path, tmp_path / "hypercorn.log", env) as master:
+        victim, survivor = sorted(wait_for_server_workers(master.pid, 2))
+        os.kill(victim, signal.SIGKILL)
+        # 0, the status of the last worker it stopped: a supervisor that restarts it on
+        # failure only (systemd's Restart=on-failure) would not restart it.
+        assert master.wait(timeout=30) == 0
+        assert not poll(Path(f"/proc/{survivor}").exists, lambda alive: not alive, timeout=30)
+
+
+def test_fastapi_example_serves_metrics_only_with_its_token(tmp_path: Path) -> None:
+    """With METRICS_TOKEN set, the example's multiprocess /metrics answers 401 without it."""
+    uvicorn = require_tool("uvicorn")
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    port = free_port()
+    command = [uvicorn, "--port", str(port), "--workers", "2", "fastapi_app:app"]
+    token = "a-token-only-prometheus-knows"  # noqa: S105
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(directory),
+        "PYTHONPATH": str(EXAMPLES),
+        "METRICS_TOKEN": token,
+    }
+    url = f"http://127.0.0.1:{port}/metrics/"
+    with serving(command, f"http://127.0.0.1:{port}/docs", tmp_path, tmp_path / "log", env):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            fetch(url)
+        assert refused.value.code == 401
+        refused.value.close()
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            assert business_series(response.read().decode()) == ZERO
