@@ -18,14 +18,31 @@ import sys
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nox
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 ROOT = Path(__file__).resolve().parent
 REQUIREMENTS = ROOT / "requirements"
 DIST = ROOT / "dist"
 # The lowest prometheus-client that pyproject.toml admits; the suite runs on it too.
 LOWEST_PROMETHEUS_CLIENT = "prometheus-client==0.20.0"
+# The newest patch of every minor release of prometheus-client that pyproject.toml
+# admits (0.21.0 is excluded there). The library reads internals of it that change
+# between releases: the registry's names, the value class, the multiprocess files and
+# the collector's merge, which 0.24.0 restructured, and Sample, which 0.22.0 widened.
+INTERNALS_PROMETHEUS_CLIENTS = ["0.20.0", "0.21.1", "0.22.1", "0.23.1", "0.24.1", "0.25.0", "0.26.0"]
+# The test files that exercise those internals, which the internals session runs on
+# each of those releases.
+INTERNALS_TESTS = [
+    "tests/test_multiprocess.py",
+    "tests/test_recorder.py",
+    "tests/test_metrics.py",
+    "tests/test_celery.py",
+]
 # Files that a PyPI user gets and that the build must not drop.
 SHIPPED = [
     *(f"veza_business_metrics/{name}" for name in ["py.typed", "rules.yml", "dashboard.json"]),
@@ -90,8 +107,10 @@ def built_wheel() -> Path:
     return wheel
 
 
-def run_suite_on_the_wheel(session: nox.Session, *requirements: str) -> None:
-    """Install the built wheel, not an editable checkout, and run the whole suite on it."""
+def run_suite_on_the_wheel(
+    session: nox.Session, *requirements: str, tests: Sequence[str] = ()
+) -> None:
+    """Install the built wheel, not an editable checkout, and run the suite, or ``tests``, on it."""
     install(session, "--requirement", "requirements/test.txt", *requirements, wheel=built_wheel())
     session.run(
         "python",
@@ -102,7 +121,8 @@ def run_suite_on_the_wheel(session: nox.Session, *requirements: str) -> None:
     )
     # The long load tests run once, in the tests session: what they add on other versions
     # of Python and prometheus-client, the real processes of the other tests check.
-    session.run("pytest", "-p", "no:cacheprovider", "-q", *(session.posargs or ["-m", "not slow"]))
+    arguments = session.posargs or ["-m", "not slow and not site", *tests]
+    session.run("pytest", "-p", "no:cacheprovider", "-q", *arguments)
 
 
 @nox.session
@@ -196,3 +216,12 @@ def lowest(session: nox.Session) -> None:
 def newer(session: nox.Session) -> None:
     """Run the suite on the installed wheel on each newer CPython found."""
     run_suite_on_the_wheel(session)
+
+
+@nox.session(requires=["wheel"])
+@nox.parametrize("prometheus_client", INTERNALS_PROMETHEUS_CLIENTS)
+def internals(session: nox.Session, prometheus_client: str) -> None:
+    """Run the tests of prometheus_client's internals on the wheel, on each minor release."""
+    run_suite_on_the_wheel(
+        session, f"prometheus-client=={prometheus_client}", tests=INTERNALS_TESTS
+    )
