@@ -254,7 +254,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
-        "test", help="lint, types, tests, docs and the wheel; other arguments go to nox"
+        "test",
+        help="lint, types, tests, docs and the wheel; other arguments go to nox",
+        usage="%(prog)s [-h] [NOX_ARGUMENT ...]",
+        description=(
+            "Install nox into .venv-nox and run every session of noxfile.py. Every other"
+            " argument goes to nox: '-s docs' runs one session, '-s tests -- -k name' runs"
+            " the tests session with pytest's arguments after '--', and '--list' lists the"
+            " sessions."
+        ),
     )
     demo_parser = commands.add_parser("demo", help="serve /metrics of an example host app")
     demo_parser.add_argument("--app", choices=APPS, default=DEFAULT_APP)

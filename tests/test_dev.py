@@ -63,6 +63,37 @@ def test_demo_refuses_a_port_out_of_range(port: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_test_help_says_that_other_arguments_go_to_nox() -> None:
+    """`dev.py test --help` shows how to choose a session and how to pass pytest arguments."""
+    result = subprocess.run(
+        [sys.executable, DEV, "test", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    text = " ".join(result.stdout.split())
+    assert text.startswith("usage: dev.py test [-h] [NOX_ARGUMENT ...]")
+    assert "Every other argument goes to nox" in text
+    assert "'-s docs' runs one session" in text
+    assert "'-s tests -- -k name' runs the tests session with pytest's arguments" in text
+
+
+@pytest.mark.parametrize(
+    "arguments", [[], ["-s", "docs"], ["-s", "tests", "--", "-k", "name", "-x"], ["--list"]]
+)
+def test_test_passes_every_other_argument_to_nox(
+    monkeypatch: pytest.MonkeyPatch, arguments: list[str]
+) -> None:
+    """What follows `test` reaches nox as it was typed, `--` and pytest's options included."""
+    received: list[list[str]] = []
+    monkeypatch.setattr(dev, "test", lambda nox_arguments: received.append(list(nox_arguments)))
+    monkeypatch.setattr(sys, "argv", ["dev.py", "test", *arguments])
+    dev.main()
+    assert received == [arguments]
+
+
 def test_port_number_takes_every_port_from_1_to_65535() -> None:
     """The ports at both ends of the range, and the default, are accepted as numbers."""
     assert [dev.port_number(text) for text in ["1", "8000", "65535"]] == [1, 8000, 65535]
