@@ -34,7 +34,15 @@ LOWEST_PROMETHEUS_CLIENT = "prometheus-client==0.20.0"
 # admits (0.21.0 is excluded there). The library reads internals of it that change
 # between releases: the registry's names, the value class, the multiprocess files and
 # the collector's merge, which 0.24.0 restructured, and Sample, which 0.22.0 widened.
-INTERNALS_PROMETHEUS_CLIENTS = ["0.20.0", "0.21.1", "0.22.1", "0.23.1", "0.24.1", "0.25.0", "0.26.0"]
+INTERNALS_PROMETHEUS_CLIENTS = [
+    "0.20.0",
+    "0.21.1",
+    "0.22.1",
+    "0.23.1",
+    "0.24.1",
+    "0.25.0",
+    "0.26.0",
+]
 # The test files that exercise those internals, which the internals session runs on
 # each of those releases.
 INTERNALS_TESTS = [
@@ -110,7 +118,7 @@ def built_wheel() -> Path:
 def run_suite_on_the_wheel(
     session: nox.Session, *requirements: str, tests: Sequence[str] = ()
 ) -> None:
-    """Install the built wheel, not an editable checkout, and run the suite, or ``tests``, on it."""
+    """Install the built wheel, not an editable checkout, and run the suite or ``tests`` on it."""
     install(session, "--requirement", "requirements/test.txt", *requirements, wheel=built_wheel())
     session.run(
         "python",
@@ -121,7 +129,7 @@ def run_suite_on_the_wheel(
     )
     # The long load tests run once, in the tests session: what they add on other versions
     # of Python and prometheus-client, the real processes of the other tests check.
-    arguments = session.posargs or ["-m", "not slow and not site", *tests]
+    arguments = session.posargs or ["-m", "not slow and not once", *tests]
     session.run("pytest", "-p", "no:cacheprovider", "-q", *arguments)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import importlib.metadata
 import os
 import shutil
@@ -19,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 

@@ -315,7 +315,7 @@ def test_amounts_past_the_minor_unit_raise(
     code=st.sampled_from(sorted(EXPONENTS)),
 )
 def test_any_amount_converts_exactly_or_raises(amount: Decimal | str, code: str) -> None:
-    """Any Decimal, and any str of ASCII digits with at most one '.', converts exactly or raises."""
+    """Any Decimal, or str of ASCII digits with at most one '.', converts exactly or raises."""
     plain = isinstance(amount, Decimal) or re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", amount)
     value = Decimal(amount) if plain else Decimal("NaN")
     scaled = Fraction(value) * 10 ** EXPONENTS[code] if value.is_finite() else None
