@@ -46,7 +46,9 @@ def test_the_release_that_loses_increments_is_excluded() -> None:
 
 def test_internals_run_on_one_admitted_release_of_every_minor_version() -> None:
     """From the floor to the installed release or later, each minor has one admitted entry."""
-    releases = [Version(text) for text in noxfile_constant("INTERNALS_PROMETHEUS_CLIENTS")]
+    listed = noxfile_constant("INTERNALS_PROMETHEUS_CLIENTS")
+    assert isinstance(listed, list)
+    releases = [Version(text) for text in listed]
     specifier = admitted().specifier
     assert all(specifier.contains(release) for release in releases)
     # The tests session installs the newest release, which must be on the list; the

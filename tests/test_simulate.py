@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 import types
 from typing import TYPE_CHECKING, Any
 
@@ -134,7 +135,7 @@ def test_no_shipped_alert_fires_or_waits_under_the_default_traffic(
     minutes = 6 * 60
     series = play(simulate.HEALTHY, minutes * 60 // STEP_SECONDS, monkeypatch)
     assert 'veza_business_logins_total{outcome="failure_other"}' in series
-    checks = [(f"max_over_time(ALERTS[{minutes}m])", [])]
+    checks: list[tuple[str, list[Any]]] = [(f"max_over_time(ALERTS[{minutes}m])", [])]
     (tmp_path / "healthy_test.yml").write_text(unit_test(rules, series, minutes, checks))
     promtool_ok(promtool, "test", "rules", "healthy_test.yml", cwd=tmp_path)
 
@@ -184,7 +185,7 @@ def test_the_simulator_runs_past_the_hour_until_interrupted(
         return {"id": "o-1"} if url.endswith("/orders") else None
 
     monkeypatch.setattr(simulate, "send", send)
-    monkeypatch.setattr(simulate.time, "sleep", lambda _: None)
+    monkeypatch.setattr(time, "sleep", lambda _: None)
     monkeypatch.setattr(sys, "argv", ["simulate.py", "http://127.0.0.1:1"])
     simulate.main()
     logins = [url for _, url, _ in sent if url.endswith("/login")]
