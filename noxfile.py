@@ -153,7 +153,18 @@ def types(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the tests and the documentation's snippets, requiring 100% branch coverage."""
-    install(session, "--editable", ".", "--requirement", "requirements/test.txt")
+    # Sphinx too: tests/test_site.py builds the site, then checks it in Chromium. Built
+    # there rather than read from the docs session's build/docs, the check needs no
+    # session to run before it, and it runs with `-s tests -- tests/test_site.py`.
+    install(
+        session,
+        "--editable",
+        ".",
+        "--requirement",
+        "requirements/test.txt",
+        "--requirement",
+        "requirements/docs.txt",
+    )
     session.run("coverage", "erase")
     session.run("coverage", "run", "-m", "pytest", *session.posargs)
     if not session.posargs:
