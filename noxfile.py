@@ -28,12 +28,11 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent
 REQUIREMENTS = ROOT / "requirements"
 DIST = ROOT / "dist"
-# The lowest prometheus-client that pyproject.toml admits; the suite runs on it too.
-LOWEST_PROMETHEUS_CLIENT = "prometheus-client==0.20.0"
 # The newest patch of every minor release of prometheus-client that pyproject.toml
-# admits (0.21.0 is excluded there). The library reads internals of it that change
-# between releases: the registry's names, the value class, the multiprocess files and
-# the collector's merge, which 0.24.0 restructured, and Sample, which 0.22.0 widened.
+# admits (0.21.0 is excluded there), the lowest first. The library reads internals of it
+# that change between releases: the registry's names, the value class, the multiprocess
+# files and the collector's merge, which 0.24.0 restructured, and Sample, which 0.22.0
+# widened.
 INTERNALS_PROMETHEUS_CLIENTS = [
     "0.20.0",
     "0.21.1",
@@ -43,6 +42,8 @@ INTERNALS_PROMETHEUS_CLIENTS = [
     "0.25.0",
     "0.26.0",
 ]
+# The lowest that pyproject.toml admits; the whole suite runs on it too.
+LOWEST_PROMETHEUS_CLIENT = f"prometheus-client=={INTERNALS_PROMETHEUS_CLIENTS[0]}"
 # The test files that exercise those internals, which the internals session runs on
 # each of those releases.
 INTERNALS_TESTS = [
@@ -116,10 +117,13 @@ def built_wheel() -> Path:
 
 
 def run_suite_on_the_wheel(
-    session: nox.Session, *requirements: str, tests: Sequence[str] = ()
+    session: nox.Session,
+    *packages: str,
+    requirements: str = "requirements/test.txt",
+    tests: Sequence[str] = (),
 ) -> None:
     """Install the built wheel, not an editable checkout, and run the suite or ``tests`` on it."""
-    install(session, "--requirement", "requirements/test.txt", *requirements, wheel=built_wheel())
+    install(session, "--requirement", requirements, *packages, wheel=built_wheel())
     session.run(
         "python",
         "-c",
@@ -238,9 +242,16 @@ def newer(session: nox.Session) -> None:
 
 
 @nox.session(requires=["wheel"])
-@nox.parametrize("prometheus_client", INTERNALS_PROMETHEUS_CLIENTS)
+@nox.parametrize(
+    "prometheus_client",
+    # lowest runs the whole suite on the first, and tests on the newest.
+    INTERNALS_PROMETHEUS_CLIENTS[1:-1],
+)
 def internals(session: nox.Session, prometheus_client: str) -> None:
     """Run the tests of prometheus_client's internals on the wheel, on each minor release."""
     run_suite_on_the_wheel(
-        session, f"prometheus-client=={prometheus_client}", tests=INTERNALS_TESTS
+        session,
+        f"prometheus-client=={prometheus_client}",
+        requirements="requirements/internals.txt",
+        tests=INTERNALS_TESTS,
     )

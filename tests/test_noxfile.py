@@ -74,3 +74,16 @@ def test_the_internals_tests_exist_and_the_reference_names_the_releases() -> Non
     listed = ", ".join(releases[:-1]) + f" and {releases[-1]}"
     reference = " ".join((ROOT / "docs" / "reference.md").read_text().split())
     assert f"prometheus-client {listed}." in reference
+
+
+def pins(name: str) -> dict[str, str]:
+    """Return the exact versions that the requirement file ``name`` pins, by package."""
+    lines = (ROOT / "requirements" / name).read_text().splitlines()
+    return dict(line.split("==") for line in lines if line and not line.startswith(("#", "-")))
+
+
+def test_the_internals_session_pins_what_the_tests_session_pins() -> None:
+    """requirements/internals.txt holds a part of test.txt, at the same versions."""
+    internals = pins("internals.txt")
+    assert internals
+    assert internals.items() <= pins("test.txt").items()
