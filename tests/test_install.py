@@ -156,3 +156,14 @@ def test_the_celery_page_installs_what_a_redis_worker_needs(
                 pass
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md"])
+def test_the_page_says_nothing_is_released_before_any_install_command(page: str) -> None:
+    """Where a user looks first, the page says PyPI has no release before it shows a pip line."""
+    text = (ROOT / page).read_text()
+    first_command = text.index("\n$ ")
+    assert "Nothing is released on PyPI yet" in " ".join(text[:first_command].split())
+    assert "pip install veza-business-metrics" not in text.replace(
+        "`pip install veza-business-metrics` finds no such", ""
+    )
