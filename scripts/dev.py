@@ -6,10 +6,10 @@ Usage, from the repository root with only python3 (3.11+) on PATH::
     python3 scripts/dev.py demo   # an example shop with made-up traffic on 127.0.0.1:8000
 
 ``test`` passes what follows it to nox (``test -s docs``); ``demo`` takes ``--app``,
-``--port`` and ``--no-simulate``, and serves until Ctrl-C, which stops the app and exits
-with status 0 (a SIGTERM exits with 143, a SIGHUP with 129). Each virtual environment is
-reinstalled only when the requirement files or pyproject.toml changed since it was last
-installed.
+``--port``, ``--scenario`` and ``--no-simulate``, and serves until Ctrl-C, which stops
+the app and exits with status 0 (a SIGTERM exits with 143, a SIGHUP with 129). Each
+virtual environment is reinstalled only when the requirement files or pyproject.toml
+changed since it was last installed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -66,6 +67,29 @@ APPS = {
         needs="examples/django_app",
     ),
 }
+
+
+# The rules of a demo that plays an incident: the alerts that the scenarios fire wait
+# 1 minute rather than 10 or 15 before they fire.
+INCIDENTS_CONFIG = "examples/incidents.toml"
+
+
+def scenarios() -> dict[str, tuple[str, str]]:
+    """Return the description and the alert of each scenario of the simulator, by name."""
+    name = "_dev_simulate"
+    simulate = sys.modules.get(name)
+    if simulate is None:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / "simulate.py")
+        if spec is None or spec.loader is None:
+            fail("examples/simulate.py is not in this checkout")
+        simulate = importlib.util.module_from_spec(spec)
+        # Its dataclasses look their module up there while they are created.
+        sys.modules[name] = simulate
+        spec.loader.exec_module(simulate)
+    return {
+        name: (scenario.description, scenario.alert)
+        for name, scenario in simulate.SCENARIOS.items()
+    }
 
 
 def fail(message: str) -> NoReturn:
@@ -209,8 +233,11 @@ def wait_until_serving(server: subprocess.Popen[bytes], url: str) -> None:
             time.sleep(0.1)
 
 
-def demo(name: str, port: int, *, simulate: bool) -> None:
-    """Serve the example shop ``name`` on 127.0.0.1:``port``, with made-up traffic."""
+def demo(name: str, port: int, *, simulate: bool, scenario: str | None = None) -> None:
+    """Serve the example shop ``name`` on 127.0.0.1:``port``, with made-up traffic.
+
+    The traffic is healthy, or plays the incident ``scenario`` under tuned rules.
+    """
     app = APPS[name]
     if not (ROOT / app.needs).is_dir():
         fail(f"{app.needs}/ is not in this checkout; choose another --app")
@@ -233,7 +260,8 @@ def demo(name: str, port: int, *, simulate: bool) -> None:
         metrics_dir.mkdir()
         env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)} if app.multiprocess else {}
         rules = Path(scratch) / "rules.yml"
-        run(str(python), "-m", "veza_business_metrics", "rules", "--output", str(rules))
+        tuned = ["--config", INCIDENTS_CONFIG] if scenario else []
+        run(str(python), "-m", "veza_business_metrics", "rules", *tuned, "--output", str(rules))
         config = prometheus_config(Path(scratch), rules, app, port)
         base = f"http://127.0.0.1:{port}"
         with process(command, env) as server, contextlib.ExitStack() as simulator:
@@ -245,8 +273,26 @@ def demo(name: str, port: int, *, simulate: bool) -> None:
                 ' --storage.tsdb.path="$(mktemp -d)" --web.listen-address=127.0.0.1:9090',
                 flush=True,
             )
+            if scenario:
+                description, alert = scenarios()[scenario]
+                print(f"Scenario {scenario}: {description}.", flush=True)
+                print(
+                    f"The rules come from {INCIDENTS_CONFIG}, where {alert} fires after 1"
+                    " minute rather than 10 or 15: once Prometheus runs, watch it go pending,"
+                    " then firing, on http://127.0.0.1:9090/alerts.",
+                    flush=True,
+                )
+            elif simulate:
+                print(
+                    "The traffic is healthy: no shipped alert fires under it."
+                    " Play an incident with --scenario.",
+                    flush=True,
+                )
             if simulate:
-                simulator.enter_context(process([str(python), "examples/simulate.py", base]))
+                played = ["--scenario", scenario] if scenario else []
+                simulator.enter_context(
+                    process([str(python), "examples/simulate.py", base, *played])
+                )
             server.wait()
 
 
@@ -255,7 +301,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
-        "test", help="lint, types, tests, docs and the wheel; other arguments go to nox"
+        "test",
+        help="lint, types, tests, docs and the wheel; other arguments go to nox",
+        usage="%(prog)s [-h] [NOX_ARGUMENT ...]",
+        description=(
+            "Install nox into .venv-nox and run every session of noxfile.py. Every other"
+            " argument goes to nox: '-s docs' runs one session, '-s tests -- -k name' runs"
+            " the tests session with pytest's arguments after '--', and '--list' lists the"
+            " sessions."
+        ),
     )
     demo_parser = commands.add_parser("demo", help="serve /metrics of an example host app")
     demo_parser.add_argument("--app", choices=APPS, default=DEFAULT_APP)
@@ -268,19 +322,28 @@ def main() -> None:
     demo_parser.add_argument(
         "--no-simulate", action="store_true", help="serve without made-up traffic"
     )
+    demo_parser.add_argument(
+        "--scenario",
+        choices=scenarios(),
+        help="play an incident rather than healthy traffic, under rules whose alerts fire"
+        f" after 1 minute ({INCIDENTS_CONFIG}): "
+        + "; ".join(f"{name}: {text}" for name, (text, _) in scenarios().items()),
+    )
     args, nox_arguments = parser.parse_known_args()
     if args.command == "test":
         test(nox_arguments)
         return
     if nox_arguments:
         parser.error(f"unrecognized arguments: {' '.join(nox_arguments)}")
+    if args.scenario and args.no_simulate:
+        demo_parser.error("--scenario plays traffic, which --no-simulate turns off")
     # Ctrl-C, a SIGTERM or a closed terminal (SIGHUP, which no longer reaches the app in
     # its own session) stops the demo's processes and removes its files on the way out.
     # Ctrl-C is how the demo is meant to end, hence status 0 and no traceback.
     for stopping in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(stopping, lambda number, _: sys.exit(128 + number))
     with contextlib.suppress(KeyboardInterrupt):
-        demo(args.app, args.port, simulate=not args.no_simulate)
+        demo(args.app, args.port, simulate=not args.no_simulate, scenario=args.scenario)
 
 
 if __name__ == "__main__":

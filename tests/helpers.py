@@ -334,6 +334,22 @@ def listening_processes(port: int, pids: Iterable[int]) -> set[int]:
     return holders
 
 
+def console_blocks(page: Path, reason: str) -> list[list[str]]:
+    """Return the commands of each console block of ``page`` whose skip reason has ``reason``.
+
+    Such a block is one that the suite runs elsewhere than in Sybil, as a test of its own.
+    Its commands are one line each.
+    """
+    blocks = re.findall(
+        r'<!-- skip: next "([^"]*)" -->\n+```console\n(.*?)```', page.read_text(), re.DOTALL
+    )
+    return [
+        [line.removeprefix("$ ") for line in block.splitlines() if line.startswith("$ ")]
+        for skip_reason, block in blocks
+        if reason in skip_reason
+    ]
+
+
 def promtool_ok(promtool: str, *arguments: str, cwd: Path | None = None) -> str:
     """Run promtool with ``arguments``, require success and return what it printed."""
     result = subprocess.run(

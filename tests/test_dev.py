@@ -63,6 +63,37 @@ def test_demo_refuses_a_port_out_of_range(port: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_test_help_says_that_other_arguments_go_to_nox() -> None:
+    """`dev.py test --help` shows how to choose a session and how to pass pytest arguments."""
+    result = subprocess.run(
+        [sys.executable, DEV, "test", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    text = " ".join(result.stdout.split())
+    assert text.startswith("usage: dev.py test [-h] [NOX_ARGUMENT ...]")
+    assert "Every other argument goes to nox" in text
+    assert "'-s docs' runs one session" in text
+    assert "'-s tests -- -k name' runs the tests session with pytest's arguments" in text
+
+
+@pytest.mark.parametrize(
+    "arguments", [[], ["-s", "docs"], ["-s", "tests", "--", "-k", "name", "-x"], ["--list"]]
+)
+def test_test_passes_every_other_argument_to_nox(
+    monkeypatch: pytest.MonkeyPatch, arguments: list[str]
+) -> None:
+    """What follows `test` reaches nox as it was typed, `--` and pytest's options included."""
+    received: list[list[str]] = []
+    monkeypatch.setattr(dev, "test", lambda nox_arguments: received.append(list(nox_arguments)))
+    monkeypatch.setattr(sys, "argv", ["dev.py", "test", *arguments])
+    dev.main()
+    assert received == [arguments]
+
+
 def test_port_number_takes_every_port_from_1_to_65535() -> None:
     """The ports at both ends of the range, and the default, are accepted as numbers."""
     assert [dev.port_number(text) for text in ["1", "8000", "65535"]] == [1, 8000, 65535]
@@ -151,13 +182,15 @@ def test_stop_kills_the_group_when_interrupted_while_waiting(
 
 
 @contextlib.contextmanager
-def running_demo(app: str, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running_demo(
+    app: str, port: int, log: Path, *options: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run the demo of ``app`` as a terminal runs a foreground job: in a group of its own.
 
     It is stopped at the end of the block if it still runs, with a SIGTERM, so that it
     stops the processes that it started in sessions of their own.
     """
-    command = [sys.executable, "-u", DEV, "demo", "--app", app, "--port", str(port)]
+    command = [sys.executable, "-u", DEV, "demo", "--app", app, "--port", str(port), *options]
     with log.open("wb") as output:
         demo = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True)
     try:
@@ -229,6 +262,56 @@ def test_demo_serves_the_app_with_traffic_and_a_prometheus_config_for_its_port(
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 0
         assert not config_file.exists()
+
+
+def test_a_scenario_plays_its_incident_under_the_tuned_rules(tmp_path: Path) -> None:
+    """--scenario says what it plays, loads rules whose alert waits 1m, and plays it."""
+    name, (description, alert) = "revenue-stalled", dev.scenarios()["revenue-stalled"]
+    port, log = free_port(), tmp_path / "demo.log"
+    url = f"http://127.0.0.1:{port}{dev.APPS[dev.DEFAULT_APP].metrics_path}"
+    with running_demo(dev.DEFAULT_APP, port, log, "--scenario", name) as demo:
+        lines = wait_for_line(log, f"Scenario {name}: ", demo)
+        assert f"Scenario {name}: {description}." in lines
+        explanation = lines[lines.index(f"Scenario {name}: {description}.") + 1]
+        assert explanation.startswith(f"The rules come from {dev.INCIDENTS_CONFIG}, where {alert}")
+        command = next(line for line in lines if line.startswith("Scrape it with Prometheus: "))
+        config = json.loads(Path(command.split("--config.file=")[1].split()[0]).read_text())
+        (rule_file,) = config["rule_files"]
+        (group,) = yaml.safe_load(Path(rule_file).read_text())["groups"]
+        assert [rule["for"] for rule in group["rules"] if rule.get("alert") == alert] == ["1m"]
+        completed = ("veza_business_orders_total", (("status", "completed"),))
+        deadline = time.monotonic() + 30
+        while (seen := scrape(url)).get(completed, 0.0) < 5:
+            assert time.monotonic() < deadline, "the scenario completed no orders"
+            time.sleep(0.2)
+        assert not [key for key in seen if key[0] == "veza_business_revenue_cents_total"]
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0
+
+
+def test_the_default_demo_says_its_traffic_is_healthy(tmp_path: Path) -> None:
+    """Without --scenario, the demo says that no shipped alert fires under its traffic."""
+    port, log = free_port(), tmp_path / "demo.log"
+    with running_demo(dev.DEFAULT_APP, port, log) as demo:
+        lines = wait_for_line(log, "The traffic is healthy", demo)
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0
+    assert "The traffic is healthy: no shipped alert fires under it." in " ".join(lines)
+
+
+def test_a_scenario_needs_the_traffic() -> None:
+    """--scenario with --no-simulate gives argparse's usage and one error line, status 2."""
+    result = subprocess.run(
+        [sys.executable, DEV, "demo", "--scenario", "payments-failing", "--no-simulate"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines()[-1] == (
+        "dev.py demo: error: --scenario plays traffic, which --no-simulate turns off"
+    )
 
 
 @pytest.mark.parametrize("app", dev.APPS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import traceback
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import pytest
@@ -57,12 +58,28 @@ def test_a_raised_error_survives_pickling(metrics: BusinessMetrics) -> None:
         (None, "None"),
         (2**256 - 1, str(2**256 - 1)),
         (-(2**256) + 1, str(-(2**256) + 1)),
-        ("x" * SHOWN_CHARS, repr("x" * SHOWN_CHARS)[:SHOWN_CHARS] + "... (102 characters)"),
+        ("x" * SHOWN_CHARS, repr("x" * SHOWN_CHARS)[:SHOWN_CHARS] + "... (100 characters)"),
+        ("x" * 200, "'" + "x" * (SHOWN_CHARS - 1) + "... (200 characters)"),
+        ("\0" * 200, "'" + "\\x00" * 24 + "\\x0... (200 characters)"),
+        (Decimal("9" * 200), "Decimal('" + "9" * (SHOWN_CHARS - 9) + "... (200 characters)"),
+        (["x" * 200], "['" + "x" * (SHOWN_CHARS - 2) + "... (204 characters)"),
         (2**256, "an int of 257 bits"),
         (-(10**5000), "an int of 16610 bits"),
     ],
-    ids=["str", "None", "int", "negative-int", "long-str", "long-int", "huge-int"],
+    ids=[
+        "str",
+        "None",
+        "int",
+        "negative-int",
+        "long-str",
+        "longer-str",
+        "escaped-str",
+        "long-decimal",
+        "long-list",
+        "long-int",
+        "huge-int",
+    ],
 )
 def test_shown_cuts_what_it_repeats(value: object, text: str) -> None:
-    """A value is shown as its repr, cut at SHOWN_CHARS with its length, or an int by size."""
+    """A value is shown as its repr, cut at SHOWN_CHARS with its own length, or an int by size."""
     assert shown(value) == text

@@ -10,24 +10,30 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import promql_parser
 import pytest
 import yaml
+from packaging.version import Version
+from prometheus_client import CollectorRegistry
 
 from helpers import (
     EXAMPLES,
     EXPECTED_AFTER_ROUTES,
     LOGIN_CASES,
     drive_every_route,
+    exposing,
     free_port,
     http,
     missing,
@@ -39,6 +45,7 @@ from helpers import (
     serving,
     vector_selectors,
 )
+from veza_business_metrics import BusinessMetrics
 from veza_business_metrics.__main__ import main
 from veza_business_metrics._config import Settings, matcher_text, settings_from_mapping
 from veza_business_metrics._dashboard import dashboard
@@ -448,3 +455,68 @@ def test_every_selector_returns_data_under_the_demo_traffic(demo: Prometheus) ->
     ]
     assert health == [(name, "ok") for name, _ in health]
     assert len(health) == 27
+
+
+# prometheus_client wrote exponents of two digits and more with a leading 0 until 0.26.0.
+GO_EXPONENTS_FROM = Version("0.26.0")
+
+
+@contextlib.contextmanager
+def serving_text(text: str) -> Iterator[str]:
+    """Serve ``text`` as an exposition on 127.0.0.1 until the block ends; yield its address."""
+
+    class Exposition(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = text.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Exposition)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
+
+
+def test_prometheus_reads_ten_billion_as_written_by_either_language(
+    go_binary: Path, tmp_path: Path
+) -> None:
+    """Go writes 1e+10, prometheus_client before 0.26.0 1e+010, and Prometheus reads both."""
+    amount = 10**10
+    registry = CollectorRegistry()
+    BusinessMetrics(registry).record_revenue(amount, "EUR")
+    go = f"127.0.0.1:{free_port()}"
+    line = 'veza_business_revenue_cents_total{currency="EUR"} '
+    installed = Version(importlib.metadata.version("prometheus-client"))
+    python_form = "1e+10" if installed >= GO_EXPONENTS_FROM else "1e+010"
+    with (
+        serving([str(go_binary), go], f"http://{go}/metrics", tmp_path, tmp_path / "go.log"),
+        exposing(registry) as python_url,
+        serving_text(f"# TYPE veza_business_revenue_cents_total counter\n{line}1e+010\n") as old,
+    ):
+        assert http("POST", f"http://{go}/revenue/EUR/{amount}") == (200, None)
+        python = python_url.removeprefix("http://").removesuffix("/metrics")
+        assert f"{line}1e+10\n" in exposition(go)
+        assert f"{line}{python_form}\n" in exposition(python)
+        rules = tmp_path / "rules.yml"
+        rules.write_text("groups: []\n")
+        targets = {"go": [go], "python": [python], "before-0.26": [old]}
+        with running_prometheus(tmp_path, rules, targets) as prometheus:
+
+            def revenue() -> dict[str, float]:
+                found = prometheus.query('veza_business_revenue_cents_total{currency="EUR"}')
+                return {item["metric"]["job"]: float(item["value"][1]) for item in found}
+
+            assert poll(revenue, lambda now: len(now) == len(targets)) == dict.fromkeys(
+                targets, 1e10
+            )

@@ -13,7 +13,12 @@ import pytest
 
 import veza_business_metrics
 from veza_business_metrics.__main__ import main
-from veza_business_metrics._config import Settings, config_text, load_settings
+from veza_business_metrics._config import (
+    DEFAULT_RUNBOOK_BASE_URL,
+    Settings,
+    config_text,
+    load_settings,
+)
 from veza_business_metrics._dashboard import render_configmap, render_dashboard
 from veza_business_metrics._rules import render_prometheus_rule, render_rules
 
@@ -108,6 +113,28 @@ def test_print_config_prints_the_commented_defaults(
     """--print-config prints the config file with every default, whatever the command."""
     main([command, "--print-config"])
     assert capsys.readouterr().out == config_text(Settings())
+
+
+def test_print_config_says_the_default_runbook_address_is_a_placeholder(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The comment above runbook_base_url names its default as a placeholder to replace."""
+    main(["rules", "--print-config"])
+    printed = capsys.readouterr().out
+    above, setting, _ = printed.partition("\nrunbook_base_url = ")
+    comment = above.split("\n\n")[-1]
+    text = " ".join(line.removeprefix("# ") for line in comment.splitlines())
+    assert f"The default, {DEFAULT_RUNBOOK_BASE_URL}, is a placeholder" in text
+    assert "set it to where you serve these documentation pages" in text
+    assert setting
+
+
+def test_the_alerting_page_says_the_runbook_default_is_a_placeholder() -> None:
+    """The alerting page warns about the placeholder in the paragraph about runbook_base_url."""
+    page = (ROOT / "docs" / "alerting.md").read_text()
+    (paragraph,) = [part for part in page.split("\n\n") if part.startswith("**Set `runbook")]
+    text = " ".join(paragraph.split())
+    assert f"Its default, `{DEFAULT_RUNBOOK_BASE_URL}`, is a placeholder" in text
 
 
 def test_print_config_with_a_config_prints_its_settings_over_the_defaults(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import re
 from decimal import Decimal
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -74,14 +75,14 @@ class LyingStr(str):
         ("19", "EUR", 1900),
         ("1500", "JPY", 1500),
         ("1500.000", "jpy", 1500),
-        ("1.5E+3", "JPY", 1500),
+        (Decimal("1.5E+3"), "JPY", 1500),
         ("2.5", "KWD", 2500),
         ("2.500", "KwD", 2500),
         ("0.001", "KWD", 1),
         ("1.0001", "CLF", 10001),
         ("90071992547409.92", "EUR", MAX_MINOR_UNITS),
         ("9007199254740992", "JPY", MAX_MINOR_UNITS),
-        (" 1_000.50 ", "EUR", 100050),
+        ("1000.50", "EUR", 100050),
         ("1." + "0" * 100, "EUR", 100),
         (LyingDecimal("19.99"), "EUR", 1999),
         (LyingStr("19.99"), "EUR", 1999),
@@ -95,7 +96,9 @@ def test_amounts_convert_with_the_currency_exponent(
     assert to_minor_units(amount, currency) == minor_units
 
 
-@pytest.mark.parametrize("amount", ["0", "-0", "0.00000", "0E+999999", "-0E-999999", Decimal(0)])
+@pytest.mark.parametrize(
+    "amount", ["0", "-0", "0.00000", Decimal("0E+999999"), Decimal("-0E-999999"), Decimal(0)]
+)
 def test_zero_in_any_form_is_zero(amount: Decimal | str) -> None:
     """Zero written with any sign, decimals or exponent is 0 minor units."""
     assert to_minor_units(amount, "EUR") == 0
@@ -110,11 +113,11 @@ def test_zero_in_any_form_is_zero(amount: Decimal | str) -> None:
         ("0.0001", "KWD"),
         ("1.00001", "CLF"),
         ("0." + "0" * 100 + "1", "EUR"),
-        ("5E-1000000", "EUR"),
+        (Decimal("5E-1000000"), "EUR"),
         ("9007199254740991.5", "JPY"),
     ],
 )
-def test_more_decimals_than_the_currency_has_raise(amount: str, currency: str) -> None:
+def test_more_decimals_than_the_currency_has_raise(amount: Decimal | str, currency: str) -> None:
     """An amount with a non-zero digit past the minor unit raises, and is never rounded."""
     exponent = EXPONENTS[currency]
     with pytest.raises(InvalidAmountError, match=f"at most {exponent} decimals, the minor unit"):
@@ -125,20 +128,22 @@ def test_more_decimals_than_the_currency_has_raise(amount: str, currency: str) -
     ("amount", "message"),
     [
         ("90071992547409.93", "at most 2\\*\\*53"),
-        ("1E+999999999", "at most 2\\*\\*53"),
+        (Decimal("1E+999999999"), "at most 2\\*\\*53"),
         ("9" * 100_000, "at most 2\\*\\*53"),
         (Decimal("-0.01"), "0 or more"),
-        ("-Infinity", "0 or more|finite"),
-        ("NaN", "finite"),
-        ("sNaN", "finite"),
-        ("Infinity", "finite"),
-        ("", "decimal number"),
-        ("19,99", "decimal number"),
-        ("EUR 19.99", "decimal number"),
-        ("\ud800", "decimal number"),
+        (Decimal("-Infinity"), "0 or more|finite"),
+        (Decimal("NaN"), "finite"),
+        (Decimal("sNaN"), "finite"),
+        (Decimal("Infinity"), "finite"),
+        ("-Infinity", "ASCII digits"),
+        ("NaN", "ASCII digits"),
+        ("", "ASCII digits"),
+        ("19,99", "ASCII digits"),
+        ("EUR 19.99", "ASCII digits"),
+        ("\ud800", "ASCII digits"),
         (LyingDecimal("-5"), "0 or more"),
         (LyingDecimal("NaN"), "finite"),
-        (LyingStr("1.5.5"), "decimal number"),
+        (LyingStr("1.5.5"), "ASCII digits"),
     ],
     ids=repr,
 )
@@ -148,6 +153,48 @@ def test_amounts_that_are_no_count_of_minor_units_raise(
     """Negative, non-finite, unparsable and too large amounts raise InvalidAmountError."""
     with pytest.raises(InvalidAmountError, match=f"^amount must be .*({message})"):
         to_minor_units(amount, "EUR")
+
+
+@pytest.mark.parametrize(
+    ("amount", "reason"),
+    [
+        ("1_000", "it groups digits with '_'"),
+        ("\u0661\u0669.\u0669\u0669", "it has digits other than ASCII 0-9"),
+        ("\uff11\uff19.99", "it has digits other than ASCII 0-9"),
+        ("1e2", "it has an exponent; write the digits out"),
+        ("-1.5E+3", "it has an exponent; write the digits out"),
+        ("  19.99  ", "it has whitespace around it"),
+        ("19.99\n", "it has whitespace around it"),
+        ("", "it is empty"),
+        ("NaN", "it is not a finite number"),
+        ("-inf", "it is not a finite number"),
+        ("+19.99", "it has a '+' sign"),
+        ("19,99", "it has a ','; the decimal separator is '.', and digits are not grouped"),
+        ("1.000.50", "it has more than one '.'"),
+        (".5", "a '.' needs a digit on each side"),
+        ("5.", "a '.' needs a digit on each side"),
+        ("-", "a '.' needs a digit on each side"),
+        ("EUR 19.99", "it has characters other than ASCII digits, one '.' and a leading '-'"),
+        ("0x10", "it has characters other than ASCII digits, one '.' and a leading '-'"),
+        (LyingStr("1_000"), "it groups digits with '_'"),
+    ],
+    ids=repr,
+)
+def test_only_plain_ascii_decimals_are_read(amount: str, reason: str) -> None:
+    """A str that Decimal() would read but that is no plain ASCII decimal raises, saying why."""
+    with pytest.raises(InvalidAmountError) as raised:
+        to_minor_units(amount, "EUR")
+    assert str(raised.value) == (
+        "amount must be ASCII digits with at most one '.' between them, such as '19.99',"
+        f" got {str.__str__(amount)!r}: {reason}"
+    )
+
+
+def test_a_long_amount_is_shown_with_its_own_length() -> None:
+    """The length in a message counts the characters of the amount, not of its repr."""
+    with pytest.raises(InvalidAmountError) as raised:
+        to_minor_units("1" * 199 + "x", "EUR")
+    assert "1" * 99 + "... (200 characters): " in str(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -262,16 +309,15 @@ def test_amounts_past_the_minor_unit_raise(
     amount=st.one_of(
         st.decimals(min_value=-(10**20), max_value=10**20),
         st.decimals(allow_nan=True, allow_infinity=True, places=5),
-        st.text(alphabet="0123456789.-+eE_ ", max_size=24),
+        st.text(alphabet="0123456789.-+eE_ ,\u0661\uff19", max_size=24),
+        st.from_regex(r"-?[0-9]{1,18}(\.[0-9]{1,6})?", fullmatch=True),
     ),
     code=st.sampled_from(sorted(EXPONENTS)),
 )
 def test_any_amount_converts_exactly_or_raises(amount: Decimal | str, code: str) -> None:
-    """Any Decimal or str is converted to its exact minor units, or raises InvalidAmountError."""
-    try:
-        value = Decimal(amount)
-    except ArithmeticError:
-        value = Decimal("NaN")
+    """Any Decimal, or str of ASCII digits with at most one '.', converts exactly or raises."""
+    plain = isinstance(amount, Decimal) or re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", amount)
+    value = Decimal(amount) if plain else Decimal("NaN")
     scaled = Fraction(value) * 10 ** EXPONENTS[code] if value.is_finite() else None
     if scaled is None or scaled.denominator != 1 or not 0 <= scaled <= MAX_MINOR_UNITS:
         with pytest.raises(InvalidAmountError):

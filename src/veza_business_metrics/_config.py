@@ -343,7 +343,9 @@ class Settings:
     runbook_base_url: str = _setting(
         DEFAULT_RUNBOOK_BASE_URL,
         _url,
-        "Each alert's runbook_url is <runbook_base_url>/runbooks/<AlertName>.html.",
+        "Each alert's runbook_url is <runbook_base_url>/runbooks/<AlertName>.html. The"
+        f" default, {DEFAULT_RUNBOOK_BASE_URL}, is a placeholder until the project has a"
+        " public home: set it to where you serve these documentation pages.",
     )
     matchers: tuple[str, ...] = _setting(
         (),

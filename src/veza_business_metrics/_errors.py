@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Final, cast
 
 # An error message repeats the caller's value, which may come from a request body of any
@@ -50,7 +51,19 @@ def shown(value: object) -> str:
     text = repr(value)
     if len(text) <= SHOWN_CHARS:
         return text
-    return f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+    return f"{text[:SHOWN_CHARS]}... ({_length(value, text)} characters)"
+
+
+def _length(value: object, text: str) -> int:
+    # The length a caller can check against their input: a str's own characters, without
+    # the quotes and escapes of its repr, and a Decimal's digits without "Decimal('')".
+    if issubclass(type(value), str):
+        return str.__len__(cast("str", value))
+    # A Decimal exists only once decimal is imported, which this module does not pay for.
+    decimal = sys.modules.get("decimal")
+    if decimal is not None and issubclass(type(value), decimal.Decimal):
+        return len(decimal.Decimal.__str__(value))
+    return len(text)
 
 
 class DirectoryInUseError(MultiprocessError):

@@ -14,6 +14,11 @@ if TYPE_CHECKING:
 # 2**53 has 16 digits: every amount in range is exact at this precision, so any digit
 # that the precision drops is a decimal too many.
 _MAX_DIGITS: Final = len(str(MAX_AMOUNT_CENTS))
+# The one spelling of an amount in text. Decimal() reads much more ("1_000", "1e2",
+# "  19.99 ", other scripts' digits), each a likely misreading of a provider's field or a
+# form's input. The "-" is read so that a negative amount gets the refund hint.
+_PLAIN_DECIMAL: Final = r"-?[0-9]+(?:\.[0-9]+)?"
+_ALLOWED: Final = "ASCII digits with at most one '.' between them, such as '19.99'"
 
 
 def to_minor_units(amount: Decimal | str, currency: str) -> int:
@@ -24,16 +29,18 @@ def to_minor_units(amount: Decimal | str, currency: str) -> int:
     ever rounded: trailing zeros are fine, any other decimal past the minor unit raises.
 
     Args:
-        amount: The amount in major units, 0 or more: a ``Decimal``, or a ``str`` that
-            ``Decimal()`` parses, such as ``"19.99"``.
+        amount: The amount in major units, 0 or more: a ``Decimal``, or a ``str`` of
+            ASCII digits with at most one ``.`` between them, such as ``"19.99"``.
         currency: An ISO 4217 code with a minor unit, in any case.
 
     Raises:
         TypeError: If ``amount`` is not a ``Decimal`` or a ``str``: a ``float`` cannot hold
             most decimal amounts exactly, and an ``int`` is most often already in minor
             units. Also if ``currency`` is not a ``str``.
-        InvalidAmountError: If ``amount`` is not a number, is not finite, is negative, has
-            more decimals than ``currency``'s minor unit, or is above 2**53 minor units.
+        InvalidAmountError: If ``amount`` is a ``str`` in any other form (spaces, ``_``,
+            an exponent, a ``+``, digits of another script), is not finite, is negative,
+            has more decimals than ``currency``'s minor unit, or is above 2**53 minor
+            units.
         InvalidLabelError: If ``currency`` is not an ISO 4217 code with a minor unit.
 
     Example:
@@ -81,12 +88,17 @@ def _parsed(amount: object) -> Decimal:
 
     # type(), unlike isinstance(), cannot be fooled by a __class__ property. Decimal()
     # reads a subclass's value exactly, without calling any of its methods.
-    if issubclass(type(amount), (decimal.Decimal, str)):
-        try:
-            return decimal.Decimal(cast("Decimal | str", amount))
-        except decimal.InvalidOperation:
-            msg = f"amount must be a decimal number such as '19.99', got {shown(amount)}"
-            raise InvalidAmountError(msg) from None
+    if issubclass(type(amount), decimal.Decimal):
+        return decimal.Decimal(cast("Decimal", amount))
+    if issubclass(type(amount), str):
+        import re  # noqa: PLC0415
+
+        # str's own method copies a subclass's characters without calling its overrides.
+        text = str.__str__(cast("str", amount))
+        if re.fullmatch(_PLAIN_DECIMAL, text) is None:
+            msg = f"amount must be {_ALLOWED}, got {shown(amount)}: {_why_not_plain(text)}"
+            raise InvalidAmountError(msg)
+        return decimal.Decimal(text)
     hint = (
         "pass an int of minor units to record_revenue() as it is, or Decimal(n)"
         if issubclass(type(amount), int) and type(amount) is not bool
@@ -97,6 +109,37 @@ def _parsed(amount: object) -> Decimal:
         f" got {type(amount).__name__} {shown(amount)}; {hint}"
     )
     raise TypeError(msg)
+
+
+def _why_not_plain(text: str) -> str:
+    import re  # noqa: PLC0415
+
+    unsigned = text.removeprefix("-")
+    reasons = [
+        (not text, "it is empty"),
+        (text != text.strip(), "it has whitespace around it"),
+        (
+            any(char.isdigit() and not char.isascii() for char in text),
+            "it has digits other than ASCII 0-9",
+        ),
+        (unsigned.casefold() in {"nan", "snan", "inf", "infinity"}, "it is not a finite number"),
+        ("_" in text, "it groups digits with '_'"),
+        (
+            re.fullmatch(r"[+-]?[0-9.]*[0-9][eE][+-]?[0-9]+", text) is not None,
+            "it has an exponent; write the digits out",
+        ),
+        (text.startswith("+"), "it has a '+' sign"),
+        ("," in text, "it has a ','; the decimal separator is '.', and digits are not grouped"),
+        (text.count(".") > 1, "it has more than one '.'"),
+        (
+            re.fullmatch(r"-?[0-9]*\.?[0-9]*", text) is not None,
+            "a '.' needs a digit on each side",
+        ),
+    ]
+    return next(
+        (reason for applies, reason in reasons if applies),
+        "it has characters other than ASCII digits, one '.' and a leading '-'",
+    )
 
 
 def _too_large(amount: object, code: str) -> InvalidAmountError:
