@@ -275,6 +275,7 @@ def fleet(
     ports = {name: free_port() for name in ["go", "fastapi", "gunicorn"]}
     instances = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     gunicorn_config = str(EXAMPLES / "gunicorn" / "gunicorn.conf.py")
+    (directory / "multiprocess").mkdir()
     commands = {
         "go": ([str(go_binary), instances["go"]], {}),
         "fastapi": (

@@ -146,7 +146,7 @@ class _Endpoint:
         try:
             multiprocess.clear(directory)
         except (multiprocess.DirectoryInUseError, multiprocess.LockTimeoutError) as error:
-            self._server.shutdown()
+            # Not serving yet, so there is no loop to shut down: shutdown() would wait.
             self._server.server_close()
             self._server = None
             msg = f"Cannot serve /metrics: {error}"
