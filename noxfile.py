@@ -262,16 +262,17 @@ def newer(session: nox.Session) -> None:
 
 
 @nox.session(requires=["wheel"])
-@nox.parametrize(
-    "prometheus_client",
+def internals(session: nox.Session) -> None:
+    """Run the tests of prometheus_client's internals on the wheel, on each minor release.
+
+    One environment for them all: only prometheus-client changes from one to the next.
+    """
     # lowest runs the whole suite on the first, and tests on the newest.
-    INTERNALS_PROMETHEUS_CLIENTS[1:-1],
-)
-def internals(session: nox.Session, prometheus_client: str) -> None:
-    """Run the tests of prometheus_client's internals on the wheel, on each minor release."""
-    run_suite_on_the_wheel(
-        session,
-        f"prometheus-client=={prometheus_client}",
-        requirements="requirements/internals.txt",
-        tests=INTERNALS_TESTS,
-    )
+    for release in INTERNALS_PROMETHEUS_CLIENTS[1:-1]:
+        session.log(f"prometheus-client {release}")
+        run_suite_on_the_wheel(
+            session,
+            f"prometheus-client=={release}",
+            requirements="requirements/internals.txt",
+            tests=INTERNALS_TESTS,
+        )

@@ -18,11 +18,22 @@ package forks real workers, one after the other, each of which records and exits
 merges each with ``mark_process_dead`` as gunicorn's ``child_exit`` does; then a
 directory of copies is merged by one ``sweep()`` of them all. Each scrape is compared
 with the same case at the smallest count.
+
+Last, the scrape that a server without an exit hook serves: a GET through
+``make_wsgi_app`` and ``make_asgi_app``, called in-process, which sweep before they
+collect. Three live workers (real processes that recorded and wait) are in the
+directory, with no dead worker, then after 1,000 recycled ones, whose first scrape
+merges them, then with one worker that exited since the previous scrape. Each is
+compared with the scrape of the same app with no dead worker; the cost of the sweep
+that finds nothing to merge is printed apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import io
 import os
 import statistics
 import subprocess
@@ -30,10 +41,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import multiprocess as stock
 
 from veza_business_metrics import multiprocess
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, MutableMapping
 
 # Records one of everything, as a worker of the example shop does.
 WORKER = """
@@ -72,6 +87,10 @@ for _ in range(repeat):
     times.append(time.perf_counter() - start)
 print(statistics.median(times) * 1000, len(os.listdir(directory)))
 """
+# A live worker of a server: it records as WORKER does, says so, then waits to be killed.
+LIVE_WORKER = WORKER + "print('ready', flush=True)\nimport time\ntime.sleep(600)\n"
+APP_WORKERS = 3
+APP_RECYCLED = 1000
 # Far above any pid_max, so that no running process can have these pids.
 FIRST_PID = 10**8
 LIVE_WORKERS = 4
@@ -173,6 +192,124 @@ def swept(root: Path, template: dict[str, bytes], dead: int, repeat: int) -> flo
     return scrape_ms(multiprocess.MultiProcessCollector(None, path=str(directory)), repeat)
 
 
+@contextlib.contextmanager
+def live_workers(directory: Path, count: int) -> Iterator[None]:
+    """Run ``count`` worker processes that recorded into ``directory`` until the block ends."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    workers = []
+    try:
+        for _ in range(count):
+            worker = subprocess.Popen(
+                [sys.executable, "-c", LIVE_WORKER], env=env, stdout=subprocess.PIPE
+            )
+            workers.append(worker)
+            if worker.stdout is None or worker.stdout.readline() != b"ready\n":
+                sys.exit(f"a live worker failed with status {worker.wait()}")
+        yield
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+            if worker.stdout is not None:
+                worker.stdout.close()
+
+
+def wsgi_scrape(app: Callable[..., Any]) -> None:
+    """GET /metrics from the WSGI ``app`` and read the whole body."""
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/metrics",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.url_scheme": "http",
+    }
+    statuses = []
+    body = b"".join(app(environ, lambda status, _headers: statuses.append(status)))
+    if not statuses[0].startswith("200") or not body:
+        sys.exit(f"the WSGI app answered {statuses[0]}")
+
+
+async def asgi_scrape(app: Callable[..., Any]) -> None:
+    """GET /metrics from the ASGI ``app`` and wait for the whole body."""
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/metrics",
+        "query_string": b"",
+        "headers": [],
+    }
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    if sent[0]["status"] != 200:  # noqa: PLR2004
+        sys.exit(f"the ASGI app answered {sent[0]['status']}")
+
+
+def app_scrape_ms(
+    scrape: Callable[[], object], repeat: int, before: Callable[[], None] = lambda: None
+) -> float:
+    """Return the median time of ``scrape()`` in ms, calling ``before()`` untimed first."""
+    times = []
+    for _ in range(repeat):
+        before()
+        start = time.perf_counter()
+        scrape()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def app_case(
+    directory: Path, template: dict[str, bytes], repeat: int, scrape: Callable[[], None]
+) -> dict[str, float]:
+    """Return the scrape times in ms of one app over ``directory``, case by case."""
+    pids = iter(range(FIRST_PID, FIRST_PID + APP_RECYCLED + repeat))
+
+    def one_exited() -> None:
+        pid = next(pids)
+        populate(directory, template, range(pid, pid + 1))
+
+    with live_workers(directory, APP_WORKERS):
+        none = app_scrape_ms(scrape, repeat)
+        sweep = app_scrape_ms(lambda: multiprocess.sweep(directory), repeat)
+        for _ in range(APP_RECYCLED):
+            one_exited()
+        start = time.perf_counter()
+        scrape()
+        first = (time.perf_counter() - start) * 1000
+        recycled = app_scrape_ms(scrape, repeat)
+        exited = app_scrape_ms(scrape, repeat, one_exited)
+    return {"none": none, "first": first, "recycled": recycled, "exited": exited, "sweep": sweep}
+
+
+def through_the_apps(
+    root: Path, template: dict[str, bytes], repeat: int
+) -> dict[str, dict[str, float]]:
+    """Return the scrape times in ms through each app, case by case, and the no-op sweep's."""
+    (root / "wsgi").mkdir()
+    (root / "asgi").mkdir()
+    wsgi = multiprocess.make_wsgi_app(root / "wsgi")
+    asgi = multiprocess.make_asgi_app(root / "asgi")
+    with contextlib.closing(asyncio.new_event_loop()) as loop:
+        return {
+            "wsgi": app_case(root / "wsgi", template, repeat, lambda: wsgi_scrape(wsgi)),
+            "asgi": app_case(
+                root / "asgi",
+                template,
+                repeat,
+                lambda: loop.run_until_complete(asgi_scrape(asgi)),
+            ),
+        }
+
+
 def main() -> None:
     """Measure each count of recycled workers and print a table of figures and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -190,6 +327,7 @@ def main() -> None:
         rows = [measure(root, template, dead, args.repeat) for dead in args.counts]
         real = [(count, *forked(root, count, args.repeat)) for count in args.counts]
         big = [(count, swept(root, template, count, args.repeat)) for count in args.counts]
+        apps = through_the_apps(root, template, args.repeat)
     first = rows[0]
     print(
         f"{'dead':>5} | {'files':>5} {'KiB':>6} {'ms/scrape':>9} {'ratio':>6} |"
@@ -212,6 +350,23 @@ def main() -> None:
             f"{count:>6} | {files:>5} {real_ms:>9.2f} {real_ms / real[0][1]:>6.2f} ||"
             f" {dead:>6} | {swept_ms:>9.2f} {swept_ms / big[0][1]:>6.2f}"
         )
+
+    print(f"\nscrapes through the apps, {APP_WORKERS} live workers: ms (ratio to no dead worker)")
+    cases = [
+        ("no dead worker", "none"),
+        (f"first scrape after {APP_RECYCLED:,} recycled (merges them)", "first"),
+        (f"after {APP_RECYCLED:,} recycled", "recycled"),
+        ("one worker exited since the last scrape", "exited"),
+    ]
+    print(f"{'':48} {'make_wsgi_app':>16} {'make_asgi_app':>16}")
+    for label, case in cases:
+        cells = [
+            f"{apps[name][case]:8.2f} ({apps[name][case] / apps[name]['none']:5.2f})"
+            for name in ["wsgi", "asgi"]
+        ]
+        print(f"{label:48} {cells[0]:>16} {cells[1]:>16}")
+    sweeps = " and ".join(f"{apps[name]['sweep']:.3f} ms" for name in ["wsgi", "asgi"])
+    print(f"of which a sweep that finds nothing to merge: {sweeps}")
 
 
 if __name__ == "__main__":

@@ -6,17 +6,24 @@ installed, such as ``.nox/tests`` once ``python3 scripts/dev.py test`` has creat
 All cases run interleaved in one process: every round times each case once, and a
 case's ratio is the median over rounds of (case - empty loop) / (baseline - empty loop),
 so drift in CPU frequency or load hits the case and its baseline alike.
+
+The same cases run again in a child process in prometheus_client's multiprocess mode, on
+the default registry (the only one that mode allows) and a directory on a tmpfs, where
+each ``inc()`` writes to a memory-mapped file: that column's baseline is a bare
+``child.inc()`` in multiprocess mode too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import timeit
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -31,7 +38,12 @@ print(time.perf_counter() - start)
 
 
 def _namespace() -> dict[str, object]:
-    metrics = BusinessMetrics(CollectorRegistry())
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        from veza_business_metrics.metrics import DEFAULT_METRICS  # noqa: PLC0415
+
+        metrics = DEFAULT_METRICS
+    else:
+        metrics = BusinessMetrics(CollectorRegistry())
     return {
         "metrics": metrics,
         "login_child": metrics.logins_total.labels("success"),
@@ -122,19 +134,39 @@ def measure_import_ms(runs: int) -> float:
     return statistics.median(seconds) * 1e3
 
 
+def measure_multiprocess_ratios(rounds: int, number: int) -> list[float]:
+    """Return each case's ratio measured in a child process in multiprocess mode."""
+    shm = Path("/dev/shm")  # noqa: S108
+    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None) as directory:
+        environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory}
+        command = [sys.executable, __file__, "--json", "--rounds", str(rounds)]
+        output = subprocess.check_output([*command, "--number", str(number)], env=environment)
+    ratios: list[float] = json.loads(output)
+    return ratios
+
+
 def main() -> None:
-    """Measure and print the ratios and the import cost."""
+    """Measure and print the ratios, single-process and multiprocess, and the import cost."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=25, help="interleaved rounds")
     parser.add_argument("--number", type=int, default=50_000, help="calls per case per round")
     parser.add_argument("--import-runs", type=int, default=21, help="fresh interpreters")
+    parser.add_argument("--json", action="store_true", help="print only the ratios, as JSON")
     args = parser.parse_args()
+    results = measure_ratios(args.rounds, args.number)
+    if args.json:
+        print(json.dumps([ratio for _, ratio, _, _ in results]))
+        return
+    multiprocess = measure_multiprocess_ratios(args.rounds, args.number)
 
-    print(f"{'case':44} {'ns/call':>8} {'ratio':>6} {'target':>7}")
-    for label, ratio, nanoseconds, target in measure_ratios(args.rounds, args.number):
+    print(f"{'case':44} {'ns/call':>8} {'ratio':>6} {'target':>7}    {'multiprocess':>12}")
+    for (label, ratio, nanoseconds, target), other in zip(results, multiprocess, strict=True):
         verdict = "" if target is None else ("ok" if ratio <= target else "OVER")
         shown_target = "" if target is None else f"<={target:.2f}"
-        print(f"{label:44} {nanoseconds:8.1f} {ratio:6.3f} {shown_target:>7} {verdict}")
+        print(
+            f"{label:44} {nanoseconds:8.1f} {ratio:6.3f} {shown_target:>7} {verdict:4}"
+            f" {other:12.3f}"
+        )
     import_ms = measure_import_ms(args.import_runs)
     verdict = "ok" if import_ms <= 5.0 else "OVER"  # noqa: PLR2004
     print(

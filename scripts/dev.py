@@ -62,6 +62,16 @@ APPS = {
         (*GUNICORN, "--config", "examples/gunicorn/gunicorn.conf.py", "app:app"),
         multiprocess=True,
     ),
+    # FastAPI's usual production set-up: workers that uvicorn recycles every 200 or so
+    # requests, whose counts the app's /metrics/ keeps through every recycle.
+    "uvicorn": App(
+        (
+            *("{bin}/uvicorn", "--host", "127.0.0.1", "--port", "{port}", "--workers", "3"),
+            *("--limit-max-requests", "200", "--app-dir", "examples", "fastapi_app:app"),
+        ),
+        "/metrics/",
+        multiprocess=True,
+    ),
     "django": App(
         (*GUNICORN, "--chdir", "examples/django_app", "project.wsgi:application"),
         needs="examples/django_app",

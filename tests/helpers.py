@@ -284,6 +284,36 @@ def serving(
         yield process
 
 
+# Another server on a multiprocess directory: it takes the directory as a cold start
+# (clear) or a USR2 successor (attach) does, says so, and holds it until its stdin ends.
+_OTHER_SERVER: Final = """
+import sys
+from veza_business_metrics import multiprocess
+getattr(multiprocess, sys.argv[2])(sys.argv[1])
+print("serving", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def another_server(directory: Path, take: str = "clear") -> Iterator[subprocess.Popen[str]]:
+    """Run a process that holds ``directory`` as a server, taken with ``take``, in the block."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _OTHER_SERVER, str(directory), take],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as server:
+        assert server.stdin is not None
+        assert server.stdout is not None
+        try:
+            assert server.stdout.readline() == "serving\n", f"status {server.wait()}"
+            yield server
+        finally:
+            server.stdin.close()
+            server.wait(timeout=30)
+
+
 @contextlib.contextmanager
 def redis_server(executable: str, directory: Path) -> Iterator[str]:
     """Run redis-server on a free port of 127.0.0.1, keeping nothing on disk; yield its URL.

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from helpers import (
     Worker,
+    another_server,
     fetch,
     file_names,
     free_port,
@@ -284,19 +285,7 @@ def test_a_worker_given_another_servers_directory_exits_and_deletes_nothing(
 ) -> None:
     """A second worker given the directory of a running one exits saying so, on any port."""
     kept = directory / "counter_999999.db"
-    code = (
-        "import sys\n"
-        "from veza_business_metrics import multiprocess\n"
-        f"multiprocess.clear({str(directory)!r})\n"
-        "print('serving', flush=True)\n"
-        "sys.stdin.read()\n"
-    )
-    with subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    ) as other:
-        assert other.stdin is not None
-        assert other.stdout is not None
-        assert other.stdout.readline() == "serving\n"
+    with another_server(directory):
         kept.write_bytes(b"the other worker's counts")
         port = free_port()
         setup(app, port=port)
@@ -304,7 +293,6 @@ def test_a_worker_given_another_servers_directory_exits_and_deletes_nothing(
             SystemExit, match=r"Cannot serve /metrics: .* in use by another server"
         ):
             build_worker(app)
-        other.stdin.close()
     assert kept.exists()
     assert refused(f"http://127.0.0.1:{port}/metrics")
 

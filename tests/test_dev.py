@@ -18,7 +18,16 @@ import pytest
 import yaml
 
 import dev
-from helpers import free_port, promtool_ok, scrape
+from helpers import (
+    Scraper,
+    WorkerWatcher,
+    add,
+    free_port,
+    outside_bounds,
+    promtool_ok,
+    scrape,
+    traffic_under_failures,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -297,6 +306,36 @@ def test_the_default_demo_says_its_traffic_is_healthy(tmp_path: Path) -> None:
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 0
     assert "The traffic is healthy: no shipped alert fires under it." in " ".join(lines)
+
+
+def test_the_uvicorn_demo_counts_every_worker_through_its_recycles(tmp_path: Path) -> None:
+    """Through the uvicorn demo's recycles, scrapes never go down and count every request."""
+    port, log = free_port(), tmp_path / "demo.log"
+    base = f"http://127.0.0.1:{port}"
+    url = base + dev.APPS["uvicorn"].metrics_path
+    with running_demo("uvicorn", port, log, "--no-simulate") as demo:
+        wait_for_line(log, "Scrape it with Prometheus: ", demo)
+        (master,) = children_of(demo.pid)
+        before = scrape(url)
+        watcher, scraper = WorkerWatcher(master, seconds=120), Scraper(url, seconds=120)
+        watcher.start()
+        scraper.start()
+        try:
+            # 3 workers recycled every 200 requests: each is replaced at least once.
+            load = traffic_under_failures(base, 1_000, 90, ping=False, concurrency=4)
+        finally:
+            scraper.stop()
+            watcher.stop()
+        after = scrape(url)
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0
+    counted = {series: value - before.get(series, 0.0) for series, value in after.items()}
+    counted = {series: value for series, value in counted.items() if value}
+    figures = f"{load.requests()} acknowledged, {load.unanswered} unanswered"
+    assert len(watcher.seen) >= 6, f"uvicorn recycled too few workers: {watcher.seen}, {figures}"
+    assert scraper.decreases == [], f"{scraper.decreases} over {scraper.scrapes} scrapes"
+    most = add(load.acknowledged, load.unsure)
+    assert outside_bounds(counted, load.acknowledged, most) == [], figures
 
 
 def test_a_scenario_needs_the_traffic() -> None:

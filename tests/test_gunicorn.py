@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import subprocess
-import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,6 +20,7 @@ from helpers import (
     STOP_SECONDS,
     Scraper,
     add,
+    another_server,
     fetch,
     figures,
     file_names,
@@ -248,24 +247,11 @@ def test_when_ready_stops_a_second_server_with_one_logged_line(
     directory = tmp_path / "metrics"
     directory.mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
-    code = (
-        "import sys\nfrom veza_business_metrics import multiprocess\n"
-        "multiprocess.attach(sys.argv[1])\nprint('serving', flush=True)\nsys.stdin.read()\n"
-    )
-    with subprocess.Popen(
-        [sys.executable, "-c", code, str(directory)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as other:
-        assert other.stdin is not None
-        assert other.stdout is not None
-        assert other.stdout.readline() == "serving\n"
+    with another_server(directory, "attach"):
         kept = directory / "counter_999999.db"
         kept.write_bytes(b"")
         with caplog.at_level(logging.ERROR, logger="test.gunicorn"), pytest.raises(SystemExit):
             hooks.when_ready(Arbiter(master_pid=0))
-        other.stdin.close()
     assert kept.exists()
     (line,) = caplog.messages
     assert line.startswith(f"Cannot serve the metrics: {directory} is in use by another server")

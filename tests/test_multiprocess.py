@@ -40,6 +40,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from helpers import (
     Worker,
+    another_server,
     file_names,
     free_port,
     key,
@@ -1343,13 +1344,6 @@ def test_clear_deletes_only_what_prometheus_client_and_this_library_write(
     assert file_names(directory) == {*foreign, "lost+found", "counter_7.db"}
 
 
-SERVER = """
-import sys
-from veza_business_metrics import multiprocess
-multiprocess.clear(sys.argv[1])
-print("serving", flush=True)
-sys.stdin.read()
-"""
 SERVER_THAT_DIES_BEFORE_ITS_WORKER = """
 import os, sys
 from veza_business_metrics import multiprocess
@@ -1362,15 +1356,7 @@ if not os.fork():
 
 def test_clear_refuses_a_directory_that_another_server_uses(directory: Path) -> None:
     """A second server given the same directory deletes nothing and says which one uses it."""
-    with subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(directory)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as server:
-        assert server.stdin is not None
-        assert server.stdout is not None
-        assert server.stdout.readline() == "serving\n"
+    with another_server(directory) as server:
         (directory / "counter_999999.db").write_bytes(b"")
         with pytest.raises(
             multiprocess.DirectoryInUseError,
@@ -1379,7 +1365,6 @@ def test_clear_refuses_a_directory_that_another_server_uses(directory: Path) -> 
             multiprocess.clear(directory)
         assert "counter_999999.db" in file_names(directory)
         multiprocess.attach(directory)  # a USR2 successor shares it
-        server.stdin.close()
     # This process now serves it alone, so a cold start of its own may empty it.
     multiprocess.clear(directory)
     assert file_names(directory) == set()
@@ -1747,21 +1732,12 @@ def test_a_server_that_fails_to_take_a_directory_keeps_its_share(
 ) -> None:
     """A serving process refused a cold start still holds its share, with or without procfs."""
     multiprocess.attach(directory)
-    with subprocess.Popen(
-        [sys.executable, "-c", SERVER.replace("clear", "attach"), str(directory)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as other:
-        assert other.stdin is not None
-        assert other.stdout is not None
-        assert other.stdout.readline() == "serving\n"
+    with another_server(directory, "attach") as other:
         with pytest.raises(multiprocess.DirectoryInUseError, match=rf"\(pid {other.pid}\)"):
             multiprocess.clear(directory)
         monkeypatch.setattr(multiprocess, "_PROC", directory / "no-procfs")
         with pytest.raises(multiprocess.DirectoryInUseError, match="by another server: give"):
             multiprocess.clear(directory)
-        other.stdin.close()
     assert _holds_server_lock(directory)  # this process's share, kept
 
 

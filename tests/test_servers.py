@@ -166,17 +166,29 @@ def kill_oldest_worker(master: int, directory: Path) -> int:
     """SIGKILL the server's oldest worker, wait until its successor has the app; return its pid.
 
     The oldest, since Granian takes a second failure within 5.5 s of a worker's respawn
-    for a crash loop, and stops.
+    for a crash loop, and stops. A worker that the server recycles while we wait is not
+    killed: the oldest of the workers after the wait is.
     """
-    before = wait_for_server_workers(master, WORKERS)
-    victim = min(before, key=started_at)
-    # Past Granian's crash-loop window even on a loaded machine, whose respawns are slow.
-    age = uptime() - started_at(victim) / os.sysconf("SC_CLK_TCK")
-    time.sleep(max(0.0, CRASH_LOOP_SECONDS - age))
-    os.kill(victim, signal.SIGKILL)
-    wait_for_server_workers(master, WORKERS, gone=victim)
-    await_successors(master, directory, before)
-    return victim
+    for _ in range(20):
+        before = wait_for_server_workers(master, WORKERS)
+        try:
+            victim = min(before, key=started_at)
+            birth = started_at(victim)
+        except (FileNotFoundError, ProcessLookupError):  # recycled while we looked
+            continue
+        # Past Granian's crash-loop window even on a loaded machine, whose respawns are slow.
+        age = uptime() - birth / os.sysconf("SC_CLK_TCK")
+        time.sleep(max(0.0, CRASH_LOOP_SECONDS - age))
+        try:
+            if started_at(victim) != birth:  # recycled, and the pid taken again
+                continue
+            os.kill(victim, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):  # recycled while we waited
+            continue
+        wait_for_server_workers(master, WORKERS, gone=victim)
+        await_successors(master, directory, before)
+        return victim
+    pytest.fail(f"server {master} recycled the oldest worker 20 times before it could be killed")
 
 
 def reload_every_worker(master: int, directory: Path) -> None:
