@@ -154,7 +154,10 @@ def run_suite_on_the_wheel(
     # of Python and prometheus-client, the real processes of the other tests check.
     ignored = [f"--ignore={path}" for path in leave_out]
     arguments = session.posargs or ["-m", "not slow and not once", *ignored, *tests]
-    session.run("pytest", "-p", "no:cacheprovider", "-q", *arguments)
+    # Fewer Hypothesis examples than the tests session tries (tests/conftest.py).
+    session.run(
+        "pytest", "-p", "no:cacheprovider", "-q", "--hypothesis-profile=versions", *arguments
+    )
 
 
 @nox.session

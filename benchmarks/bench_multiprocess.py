@@ -21,11 +21,11 @@ with the same case at the smallest count.
 
 Last, the scrape that a server without an exit hook serves: a GET through
 ``make_wsgi_app`` and ``make_asgi_app``, called in-process, which sweep before they
-collect. Three live workers (real processes that recorded and wait) are in the
-directory, with no dead worker, then after 1,000 recycled ones, whose first scrape
-merges them, then with one worker that exited since the previous scrape. Each is
-compared with the scrape of the same app with no dead worker; the cost of the sweep
-that finds nothing to merge is printed apart.
+collect. Three live workers (real processes that recorded and wait) are in a directory
+with no dead worker, and in another after 1,000 recycled ones, whose first scrape
+merges them; then one more worker exits before each scrape of the second. Each is
+compared with the scrape of the same app with no dead worker, scraped in turn with it;
+the cost of the sweep that finds nothing to merge is printed apart.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,7 @@ from prometheus_client import multiprocess as stock
 from veza_business_metrics import multiprocess
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, MutableMapping
+    from collections.abc import Iterator, MutableMapping
 
 # Records one of everything, as a worker of the example shop does.
 WORKER = """
@@ -91,6 +92,8 @@ print(statistics.median(times) * 1000, len(os.listdir(directory)))
 LIVE_WORKER = WORKER + "print('ready', flush=True)\nimport time\ntime.sleep(600)\n"
 APP_WORKERS = 3
 APP_RECYCLED = 1000
+# One scrape through an app, called in-process.
+Scrape = Callable[[], None]
 # Far above any pid_max, so that no running process can have these pids.
 FIRST_PID = 10**8
 LIVE_WORKERS = 4
@@ -254,40 +257,48 @@ async def asgi_scrape(app: Callable[..., Any]) -> None:
         sys.exit(f"the ASGI app answered {sent[0]['status']}")
 
 
-def app_scrape_ms(
-    scrape: Callable[[], object], repeat: int, before: Callable[[], None] = lambda: None
-) -> float:
-    """Return the median time of ``scrape()`` in ms, calling ``before()`` untimed first."""
-    times = []
-    for _ in range(repeat):
-        before()
-        start = time.perf_counter()
-        scrape()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+def timed_ms(call: Callable[[], object]) -> float:
+    """Return how long ``call()`` takes, in ms."""
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1000
 
 
 def app_case(
-    directory: Path, template: dict[str, bytes], repeat: int, scrape: Callable[[], None]
+    root: Path, template: dict[str, bytes], repeat: int, make: Callable[[Path], Scrape]
 ) -> dict[str, float]:
-    """Return the scrape times in ms of one app over ``directory``, case by case."""
+    """Return the scrape times in ms of the app that ``make`` serves, case by case.
+
+    Two directories with 3 live workers each, one of them with 1,000 recycled ones too,
+    are scraped in turn, round after round, so that drift hits both alike.
+    """
+    clean, recycled = root / "no-dead", root / "recycled"
+    clean.mkdir()
+    recycled.mkdir()
     pids = iter(range(FIRST_PID, FIRST_PID + APP_RECYCLED + repeat))
 
     def one_exited() -> None:
         pid = next(pids)
-        populate(directory, template, range(pid, pid + 1))
+        populate(recycled, template, range(pid, pid + 1))
 
-    with live_workers(directory, APP_WORKERS):
-        none = app_scrape_ms(scrape, repeat)
-        sweep = app_scrape_ms(lambda: multiprocess.sweep(directory), repeat)
+    scrape_clean, scrape_recycled = make(clean), make(recycled)
+    with live_workers(clean, APP_WORKERS), live_workers(recycled, APP_WORKERS):
         for _ in range(APP_RECYCLED):
             one_exited()
-        start = time.perf_counter()
-        scrape()
-        first = (time.perf_counter() - start) * 1000
-        recycled = app_scrape_ms(scrape, repeat)
-        exited = app_scrape_ms(scrape, repeat, one_exited)
-    return {"none": none, "first": first, "recycled": recycled, "exited": exited, "sweep": sweep}
+        first = timed_ms(scrape_recycled)
+        # Untimed: the first scrapes start the ASGI app's threads and fill caches.
+        for _ in range(3):
+            scrape_clean()
+            scrape_recycled()
+        times: dict[str, list[float]] = {"none": [], "recycled": [], "exited": [], "sweep": []}
+        for _ in range(repeat):
+            times["none"].append(timed_ms(scrape_clean))
+            times["recycled"].append(timed_ms(scrape_recycled))
+            one_exited()
+            times["exited"].append(timed_ms(scrape_recycled))
+            times["sweep"].append(timed_ms(lambda: multiprocess.sweep(clean)))
+    medians = {case: statistics.median(values) for case, values in times.items()}
+    return {**medians, "first": first}
 
 
 def through_the_apps(
@@ -296,17 +307,19 @@ def through_the_apps(
     """Return the scrape times in ms through each app, case by case, and the no-op sweep's."""
     (root / "wsgi").mkdir()
     (root / "asgi").mkdir()
-    wsgi = multiprocess.make_wsgi_app(root / "wsgi")
-    asgi = multiprocess.make_asgi_app(root / "asgi")
     with contextlib.closing(asyncio.new_event_loop()) as loop:
+
+        def wsgi(directory: Path) -> Scrape:
+            app = multiprocess.make_wsgi_app(directory)
+            return lambda: wsgi_scrape(app)
+
+        def asgi(directory: Path) -> Scrape:
+            app = multiprocess.make_asgi_app(directory)
+            return lambda: loop.run_until_complete(asgi_scrape(app))
+
         return {
-            "wsgi": app_case(root / "wsgi", template, repeat, lambda: wsgi_scrape(wsgi)),
-            "asgi": app_case(
-                root / "asgi",
-                template,
-                repeat,
-                lambda: loop.run_until_complete(asgi_scrape(asgi)),
-            ),
+            "wsgi": app_case(root / "wsgi", template, repeat, wsgi),
+            "asgi": app_case(root / "asgi", template, repeat, asgi),
         }
 
 

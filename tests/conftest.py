@@ -8,6 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import settings
 from prometheus_client import CollectorRegistry
 
 from helpers import Worker, redis_server, require_tool
@@ -16,6 +17,11 @@ from veza_business_metrics import BusinessMetrics
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+
+# The runs on other versions of Python and prometheus-client (noxfile.py) check how the
+# package behaves there, not which inputs break it, which the tests session explores
+# with Hypothesis's 100 examples a test: they try a tenth of them.
+settings.register_profile("versions", max_examples=10)
 
 
 def _run_python(code: str, env: dict[str, str] | None = None) -> str:

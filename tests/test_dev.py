@@ -243,6 +243,7 @@ def wait_for_line(log: Path, prefix: str, demo: subprocess.Popen[bytes]) -> list
         time.sleep(0.2)
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("app", dev.APPS)
 def test_demo_serves_the_app_with_traffic_and_a_prometheus_config_for_its_port(
     app: str, tmp_path: Path, promtool: str
@@ -273,6 +274,7 @@ def test_demo_serves_the_app_with_traffic_and_a_prometheus_config_for_its_port(
         assert not config_file.exists()
 
 
+@pytest.mark.once
 def test_a_scenario_plays_its_incident_under_the_tuned_rules(tmp_path: Path) -> None:
     """--scenario says what it plays, loads rules whose alert waits 1m, and plays it."""
     name, (description, alert) = "revenue-stalled", dev.scenarios()["revenue-stalled"]
@@ -298,6 +300,7 @@ def test_a_scenario_plays_its_incident_under_the_tuned_rules(tmp_path: Path) -> 
         assert demo.wait(timeout=60) == 0
 
 
+@pytest.mark.once
 def test_the_default_demo_says_its_traffic_is_healthy(tmp_path: Path) -> None:
     """Without --scenario, the demo says that no shipped alert fires under its traffic."""
     port, log = free_port(), tmp_path / "demo.log"
@@ -308,6 +311,7 @@ def test_the_default_demo_says_its_traffic_is_healthy(tmp_path: Path) -> None:
     assert "The traffic is healthy: no shipped alert fires under it." in " ".join(lines)
 
 
+@pytest.mark.slow
 def test_the_uvicorn_demo_counts_every_worker_through_its_recycles(tmp_path: Path) -> None:
     """Through the uvicorn demo's recycles, scrapes never go down and count every request."""
     port, log = free_port(), tmp_path / "demo.log"
@@ -353,6 +357,7 @@ def test_a_scenario_needs_the_traffic() -> None:
     )
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("app", dev.APPS)
 def test_ctrl_c_stops_the_demo_quietly_mid_request(app: str, tmp_path: Path) -> None:
     """Ctrl-C, sent to the demo's whole group, stops it with status 0 and no traceback."""
@@ -375,6 +380,7 @@ def test_ctrl_c_stops_the_demo_quietly_mid_request(app: str, tmp_path: Path) -> 
     assert dev.port_is_free(port)
 
 
+@pytest.mark.once
 def test_bootstrap_installs_only_when_its_inputs_change(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -282,6 +282,7 @@ def test_promtool_check_rules_passes(promtool: str, promtool_dir: Path, rule_fil
     assert "SUCCESS: 27 rules found" in printed
 
 
+@pytest.mark.once
 @pytest.mark.parametrize("test_file", sorted(p.name for p in PROMTOOL_TESTS.glob("*_test.yml")))
 def test_promtool_unit_tests_pass(promtool: str, promtool_dir: Path, test_file: str) -> None:
     """Every promtool unit test in tests/promtool passes against the printed rules."""

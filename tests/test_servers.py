@@ -72,6 +72,8 @@ class Server:
     master_writes: bool = False
     # How long the traffic runs at least, whatever the events.
     load_seconds: float = 12.0
+    # How old a worker must be before a kill, lest the server take it for a crash loop.
+    crash_loop_seconds: float = 0.0
 
 
 SERVERS = (
@@ -132,6 +134,9 @@ SERVERS = (
         ),
         (KILL, RELOAD, KILL, KILL),
         recycles=WORKERS,
+        # Granian takes a worker's failure within 5.5 s of its (re)spawn for a crash loop,
+        # and stops: past it even on a loaded machine, whose respawns are slow.
+        crash_loop_seconds=7.0,
     ),
 )
 
@@ -153,21 +158,17 @@ def await_successors(master: int, directory: Path, before: set[int]) -> None:
     assert poll(waiting, lambda pids: not pids, timeout=60) == set()
 
 
-# Granian takes a worker's failure within 5.5 s of its (re)spawn for a crash loop.
-CRASH_LOOP_SECONDS = 7.0
-
-
 def uptime() -> float:
     """Return the seconds since boot, the clock of a process's start time."""
     return float(Path("/proc/uptime").read_text().split()[0])
 
 
-def kill_oldest_worker(master: int, directory: Path) -> int:
+def kill_oldest_worker(master: int, directory: Path, crash_loop_seconds: float) -> int:
     """SIGKILL the server's oldest worker, wait until its successor has the app; return its pid.
 
-    The oldest, since Granian takes a second failure within 5.5 s of a worker's respawn
-    for a crash loop, and stops. A worker that the server recycles while we wait is not
-    killed: the oldest of the workers after the wait is.
+    The oldest, and no younger than ``crash_loop_seconds``, since a server may take the
+    failure of a young worker for a crash loop, and stop. A worker that the server
+    recycles while we wait is not killed: the oldest of the workers after the wait is.
     """
     for _ in range(20):
         before = wait_for_server_workers(master, WORKERS)
@@ -176,9 +177,8 @@ def kill_oldest_worker(master: int, directory: Path) -> int:
             birth = started_at(victim)
         except (FileNotFoundError, ProcessLookupError):  # recycled while we looked
             continue
-        # Past Granian's crash-loop window even on a loaded machine, whose respawns are slow.
         age = uptime() - birth / os.sysconf("SC_CLK_TCK")
-        time.sleep(max(0.0, CRASH_LOOP_SECONDS - age))
+        time.sleep(max(0.0, crash_loop_seconds - age))
         try:
             if started_at(victim) != birth:  # recycled, and the pid taken again
                 continue
@@ -276,7 +276,7 @@ def apply(server: Server, master: int, directory: Path) -> int:
     for event in server.events:
         time.sleep(PAUSE)
         if event == KILL:
-            kill_oldest_worker(master, directory)
+            kill_oldest_worker(master, directory, server.crash_loop_seconds)
             kills += 1
         else:
             reload_every_worker(master, directory)
