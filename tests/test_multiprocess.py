@@ -1278,7 +1278,7 @@ class WorkersDyingWhileScraped(RuleBasedStateMachine):
 
 WorkersDyingWhileScraped.TestCase.settings = settings(
     # Fewer still under the profile of the runs on other versions (tests/conftest.py).
-    max_examples=min(12, settings.default.max_examples),
+    max_examples=min(12, settings().max_examples),
     stateful_step_count=15,
     deadline=None,
 )
