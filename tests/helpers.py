@@ -1036,7 +1036,7 @@ _HOLD_AS_A_SCRAPE: Final = """
 import os, signal, sys
 from pathlib import Path
 from veza_business_metrics import multiprocess
-with multiprocess._locked(Path(sys.argv[1]).resolve(), exclusive=False, timeout=60) as taken:
+with multiprocess._lock.locked(Path(sys.argv[1]).resolve(), exclusive=False, timeout=60) as taken:
     print("held" if taken else "not taken", flush=True)
     os.kill(os.getpid(), signal.SIGSTOP)
 """

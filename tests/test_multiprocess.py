@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -440,7 +441,7 @@ def test_a_leftover_claim_never_replaces_the_file_of_a_process_that_reused_its_p
     """A killed merge's claim, whose pid now runs a process with its own file, is merged."""
     # Without procfs, a pid that runs counts as using the claim: the merge would give it
     # back, over the new process's file, if it could.
-    monkeypatch.setattr(multiprocess, "_PROC", tmp_path / "no-procfs")
+    monkeypatch.setattr(multiprocess._files, "PROC", tmp_path / "no-procfs")
     (dead,) = dead_workers(directory, workers, [3])
     heir = Worker(directory)
     workers.append(heir)
@@ -464,7 +465,7 @@ def test_a_claim_is_not_given_back_over_a_file_created_meanwhile(
 ) -> None:
     """A claim found in use after a new process created its live name is merged instead."""
     first, second = dead_workers(directory, workers, [3, 2])
-    in_use = multiprocess._in_use
+    in_use = multiprocess._merge.in_use
     looks: list[int] = []
 
     def created_after_the_claim(pid: int, directory: Path, names: list[str]) -> set[str]:
@@ -474,7 +475,7 @@ def test_a_claim_is_not_given_back_over_a_file_created_meanwhile(
         move_files(directory, second.pid, first.pid)  # the file of a new process
         return set(names)
 
-    monkeypatch.setattr(multiprocess, "_in_use", created_after_the_claim)
+    monkeypatch.setattr(multiprocess._merge, "in_use", created_after_the_claim)
     multiprocess.mark_process_dead(first.pid, directory)
     assert file_names(directory) == {
         f"counter_{first.pid}.db",
@@ -600,7 +601,7 @@ def test_an_archive_of_another_version_is_refused(
     """An archive that a release with another format wrote raises ValueError, not a guess."""
     (dead,) = dead_workers(directory, workers, [1])
     with monkeypatch.context() as patch:
-        patch.setattr(multiprocess, "_ARCHIVE_VERSION", 3)
+        patch.setattr(multiprocess._files, "_ARCHIVE_VERSION", 3)
         multiprocess.mark_process_dead(dead.pid, directory)
     with pytest.raises(ValueError, match=r"archive of version 3; this release reads version 2"):
         scrape(directory)
@@ -620,7 +621,7 @@ def test_without_procfs_a_running_pid_is_left_alone(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Where /proc is missing, a pid that runs counts as in use and one that does not as dead."""
-    monkeypatch.setattr(multiprocess, "_PROC", tmp_path / "no-procfs")
+    monkeypatch.setattr(multiprocess._files, "PROC", tmp_path / "no-procfs")
     (dead,) = dead_workers(directory, workers, [1])
     live = Worker(directory)
     workers.append(live)
@@ -641,7 +642,7 @@ def test_unreadable_process_descriptors_count_as_in_use(
     proc = tmp_path / "proc"
     (proc / str(dead.pid)).mkdir(parents=True)
     (proc / str(dead.pid) / "fd").write_text("not a directory")
-    monkeypatch.setattr(multiprocess, "_PROC", proc)
+    monkeypatch.setattr(multiprocess._files, "PROC", proc)
     assert multiprocess.sweep(directory) == 0
     multiprocess.mark_process_dead(dead.pid, directory)
     assert file_names(directory) == {f"counter_{dead.pid}.db", f"histogram_{dead.pid}.db"}
@@ -650,8 +651,8 @@ def test_unreadable_process_descriptors_count_as_in_use(
 def test_is_running_tells_live_from_dead_pids(workers: list[Worker], directory: Path) -> None:
     """A pid that runs, even as another user's, is running; one that exited is not."""
     (dead,) = dead_workers(directory, workers, [1])
-    assert multiprocess._is_running(os.getpid())
-    assert not multiprocess._is_running(dead.pid)
+    assert multiprocess._merge.is_running(os.getpid())
+    assert not multiprocess._merge.is_running(dead.pid)
 
 
 def test_a_hidden_process_that_runs_keeps_its_files(
@@ -660,7 +661,7 @@ def test_a_hidden_process_that_runs_keeps_its_files(
     """Where procfs hides a process (hidepid), a pid that runs keeps its files."""
     proc = tmp_path / "proc"
     (proc / "self").mkdir(parents=True)
-    monkeypatch.setattr(multiprocess, "_PROC", proc)
+    monkeypatch.setattr(multiprocess._files, "PROC", proc)
     (dead,) = dead_workers(directory, workers, [1])
     live = Worker(directory)
     workers.append(live)
@@ -753,7 +754,7 @@ FORK_DURING_A_SCRAPE = textwrap.dedent("""
     from pathlib import Path
     from veza_business_metrics import multiprocess
 
-    with multiprocess._locked(Path(sys.argv[1]), exclusive=False, timeout=60):
+    with multiprocess._lock.locked(Path(sys.argv[1]), exclusive=False, timeout=60):
         child = os.fork()
         if child == 0:
             os.closerange(0, 3)  # so that the test does not wait for it to read the output
@@ -819,14 +820,14 @@ def test_a_file_opened_just_before_its_claim_is_given_back(
     live = Worker(directory)
     workers.append(live)
     live.record(2)
-    in_use = multiprocess._in_use
+    in_use = multiprocess._merge.in_use
     looks: list[int] = []
 
     def opened_after_the_first_look(pid: int, directory: Path, names: list[str]) -> set[str]:
         looks.append(pid)
         return set() if len(looks) == 1 else in_use(pid, directory, names)
 
-    monkeypatch.setattr(multiprocess, "_in_use", opened_after_the_first_look)
+    monkeypatch.setattr(multiprocess._merge, "in_use", opened_after_the_first_look)
     multiprocess.mark_process_dead(live.pid, directory)
     assert looks == [live.pid, live.pid]
     assert file_names(directory) == {f"counter_{live.pid}.db", f"histogram_{live.pid}.db"}
@@ -845,14 +846,14 @@ def test_a_live_gauge_opened_just_before_its_claim_is_given_back(
         assert heir.stdin is not None
         assert heir.stdout is not None
         pid = int(heir.stdout.readline())
-        in_use = multiprocess._in_use
+        in_use = multiprocess._merge.in_use
         looks: list[int] = []
 
         def opened_after_the_first_look(pid: int, directory: Path, names: list[str]) -> set[str]:
             looks.append(pid)
             return set() if len(looks) == 1 else in_use(pid, directory, names)
 
-        monkeypatch.setattr(multiprocess, "_in_use", opened_after_the_first_look)
+        monkeypatch.setattr(multiprocess._merge, "in_use", opened_after_the_first_look)
         multiprocess.mark_process_dead(pid, directory)
         assert file_names(directory) == {f"gauge_livesum_{pid}.db"}
         assert scrape(directory) == {("in_flight", ()): 2.0}
@@ -864,19 +865,19 @@ def test_a_forked_child_forgets_the_locks_of_its_parent(directory: Path) -> None
     """After a fork, the child closes its copies of the lock's descriptors and resets."""
     # What a fork does while this process holds the lock, short of the fork itself: the
     # child runs its hook with copies of its parent's descriptors and the guard held.
-    with multiprocess._locked(directory, exclusive=False, timeout=60):
-        descriptors = set(multiprocess._descriptors)
+    with multiprocess._lock.locked(directory, exclusive=False, timeout=60):
+        descriptors = set(multiprocess._lock.descriptors)
         assert len(descriptors) == 2  # the merge lock file's and the directory's
         copies = {os.dup(descriptor) for descriptor in descriptors}
-        multiprocess._descriptors.clear()
-        multiprocess._descriptors.update(copies)
-        parents = multiprocess._opening
-        multiprocess._before_fork()
-        multiprocess._after_fork_in_child()
+        multiprocess._lock.descriptors.clear()
+        multiprocess._lock.descriptors.update(copies)
+        parents = multiprocess._lock.opening
+        multiprocess._lock.before_fork()
+        multiprocess._lock.after_fork_in_child()
         parents.release()
-        multiprocess._descriptors.update(descriptors)
-        assert multiprocess._opening is not parents
-        assert not multiprocess._local.holding
+        multiprocess._lock.descriptors.update(descriptors)
+        assert multiprocess._lock.opening is not parents
+        assert not multiprocess._lock.local.holding
         for copy in copies:
             with pytest.raises(OSError, match="Bad file descriptor"):
                 os.fstat(copy)
@@ -886,16 +887,19 @@ def test_a_forked_child_resets_even_if_a_descriptor_was_closed_already() -> None
     """A descriptor that another fork hook closed first does not stop the child's reset."""
     closed = os.open(os.devnull, os.O_RDONLY)
     os.close(closed)
-    multiprocess._descriptors.add(closed)
-    multiprocess._local.holding = True
-    multiprocess._stuck_until["/a/stuck/directory"] = math.inf
-    parents = multiprocess._opening
-    multiprocess._before_fork()
-    multiprocess._after_fork_in_child()
+    multiprocess._lock.descriptors.add(closed)
+    multiprocess._lock.local.holding = True
+    multiprocess._merge.stuck_until["/a/stuck/directory"] = math.inf
+    multiprocess._merge.deferred["/a/stuck/directory"] = deque([None])
+    parents = multiprocess._lock.opening
+    multiprocess._lock.before_fork()
+    multiprocess._lock.after_fork_in_child()
+    multiprocess._merge.after_fork_in_child()
     parents.release()
-    assert multiprocess._descriptors == set()
-    assert not multiprocess._local.holding
-    assert multiprocess._stuck_until == {}
+    assert multiprocess._lock.descriptors == set()
+    assert not multiprocess._lock.local.holding
+    assert multiprocess._merge.stuck_until == {}
+    assert multiprocess._merge.deferred == {}
 
 
 def test_a_put_off_merge_that_fails_after_a_scrape_keeps_the_scrape(
@@ -904,16 +908,16 @@ def test_a_put_off_merge_that_fails_after_a_scrape_keeps_the_scrape(
     """A scrape returns its families even if the merge put off until after it fails."""
     (dead,) = dead_workers(directory, workers, [2])
     # As a scrape holds it.
-    with multiprocess._locked(directory.resolve(), exclusive=False, timeout=60):
+    with multiprocess._lock.locked(directory.resolve(), exclusive=False, timeout=60):
         multiprocess.mark_process_dead(dead.pid, directory)
 
     def failing(directory: Path, _: set[int] | None) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
 
     with monkeypatch.context() as patch:
-        patch.setattr(multiprocess, "_merge", failing)
+        patch.setattr(multiprocess._merge, "merge", failing)
         assert scrape(directory) == worker_samples(2)
-    assert multiprocess._is_deferred(directory.resolve())
+    assert multiprocess._merge.is_deferred(directory.resolve())
     multiprocess.sweep(directory)
     assert file_names(directory) == ARCHIVES
 
@@ -949,9 +953,9 @@ MERGE_DURING_FORK_HOOKS = textwrap.dedent("""
     import sys
     from veza_business_metrics import multiprocess
 
-    multiprocess._before_fork()
+    multiprocess._lock.before_fork()
     multiprocess.mark_process_dead(int(sys.argv[2]), sys.argv[1])
-    multiprocess._after_fork_in_parent()
+    multiprocess._lock.after_fork_in_parent()
 """)
 
 
@@ -978,7 +982,7 @@ def test_merges_put_off_at_once_by_many_threads_all_run(
     for pid in pids:
         for kind in ("counter", "histogram"):
             shutil.copy(directory / f"{kind}_{dead.pid}.db", directory / f"{kind}_{pid}.db")
-    monkeypatch.setattr(multiprocess, "_flock", lambda *_: False)  # scrapes never end
+    monkeypatch.setattr(multiprocess._lock, "flock", lambda *_: False)  # scrapes never end
     previous = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # threads switch often enough to interleave the put-offs
     try:
@@ -999,8 +1003,8 @@ def test_pids_beyond_any_process_are_dead(directory: Path, workers: list[Worker]
     move_files(directory, dead.pid, 0)
     (other,) = dead_workers(directory, workers, [3])
     move_files(directory, other.pid, 2**31)
-    assert not multiprocess._is_running(0)
-    assert not multiprocess._is_running(2**31)
+    assert not multiprocess._merge.is_running(0)
+    assert not multiprocess._merge.is_running(2**31)
     assert multiprocess.sweep(directory) == 2
     assert scrape(directory) == worker_samples(5)
 
@@ -1054,7 +1058,7 @@ STUCK_SCRAPE = textwrap.dedent("""
     from pathlib import Path
     from veza_business_metrics import multiprocess
 
-    with multiprocess._locked(Path(sys.argv[1]), exclusive=False, timeout=60):
+    with multiprocess._lock.locked(Path(sys.argv[1]), exclusive=False, timeout=60):
         print("holding", flush=True)
         sys.stdin.readline()
 """)
@@ -1081,7 +1085,7 @@ def test_a_merge_blocked_by_a_stuck_scrape_is_put_off_not_lost(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A merge gives up waiting after a while; the next merge does what it could not."""
-    monkeypatch.setattr(multiprocess, "MERGE_TIMEOUT", 0.2)
+    monkeypatch.setattr(multiprocess._lock, "MERGE_TIMEOUT", 0.2)
     first, second = dead_workers(directory, workers, [2, 3])
     with stuck_scrape(directory):
         multiprocess.mark_process_dead(first.pid, directory)
@@ -1096,7 +1100,7 @@ def test_a_merge_that_fails_keeps_the_merges_it_took_over(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A merge that raises leaves the merges put off before it to the next one."""
-    monkeypatch.setattr(multiprocess, "MERGE_TIMEOUT", 0.2)
+    monkeypatch.setattr(multiprocess._lock, "MERGE_TIMEOUT", 0.2)
     first, second = dead_workers(directory, workers, [2, 3])
     with stuck_scrape(directory):
         multiprocess.mark_process_dead(first.pid, directory)
@@ -1105,7 +1109,7 @@ def test_a_merge_that_fails_keeps_the_merges_it_took_over(
         raise OSError(errno.EIO, os.strerror(errno.EIO), str(directory))
 
     with monkeypatch.context() as patch:
-        patch.setattr(multiprocess, "_unfinished_claims", failing)
+        patch.setattr(multiprocess._merge, "unfinished_claims", failing)
         with pytest.raises(OSError, match="Input/output error"):
             multiprocess.mark_process_dead(second.pid, directory)
     multiprocess.mark_process_dead(second.pid, directory)
@@ -1117,7 +1121,7 @@ def test_after_one_merge_waited_in_vain_the_next_ones_do_not_wait(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While a scrape is stuck, only the first of several merges waits for it."""
-    monkeypatch.setattr(multiprocess, "MERGE_TIMEOUT", 1.0)
+    monkeypatch.setattr(multiprocess._lock, "MERGE_TIMEOUT", 1.0)
     dead = dead_workers(directory, workers, [1, 2, 3])
     waited = []
     with stuck_scrape(directory):
@@ -1137,7 +1141,7 @@ def test_a_merge_asked_for_during_a_scrape_runs_after_it(
     """A merge asked for while this thread scrapes, from a signal handler, runs after it."""
     (dead,) = dead_workers(directory, workers, [2])
     # As a scrape holds it.
-    with multiprocess._locked(directory.resolve(), exclusive=False, timeout=60):
+    with multiprocess._lock.locked(directory.resolve(), exclusive=False, timeout=60):
         multiprocess.mark_process_dead(dead.pid, directory)
         assert f"counter_{dead.pid}.db" in file_names(directory)
     assert scrape(directory) == worker_samples(2)
@@ -1191,19 +1195,19 @@ def test_partials_add_up_exactly(values: list[float]) -> None:
     """Adding doubles one by one to partials keeps their exact sum, which fsum rounds."""
     partials: list[float] = []
     for value in values:
-        partials = multiprocess._add_exactly(partials, value)
+        partials = multiprocess._files.add_exactly(partials, value)
     assert math.fsum(partials) == math.fsum(values)
 
 
 def test_infinite_values_fall_back_to_a_plain_sum() -> None:
     """An infinite value, which no exact sum holds, makes the partials its plain sum."""
-    partials = multiprocess._add_exactly([1.0], math.inf)
+    partials = multiprocess._files.add_exactly([1.0], math.inf)
     assert partials == [math.inf]
-    assert multiprocess._add_exactly(partials, -math.inf)[0] != 0.0
-    assert math.isnan(multiprocess._sum([math.inf, -math.inf]))
+    assert multiprocess._files.add_exactly(partials, -math.inf)[0] != 0.0
+    assert math.isnan(multiprocess._files.exact_sum([math.inf, -math.inf]))
     largest = sys.float_info.max
-    assert multiprocess._add_exactly([largest], largest) == [math.inf]
-    assert multiprocess._sum([sys.float_info.max, sys.float_info.max]) == math.inf
+    assert multiprocess._files.add_exactly([largest], largest) == [math.inf]
+    assert multiprocess._files.exact_sum([sys.float_info.max, sys.float_info.max]) == math.inf
 
 
 class WorkersDyingWhileScraped(RuleBasedStateMachine):
@@ -1293,7 +1297,7 @@ HOLD_LOCK = """
 import os, signal, sys
 from pathlib import Path
 from veza_business_metrics import multiprocess
-with multiprocess._locked(Path(sys.argv[1]), exclusive=sys.argv[2] == "merge", timeout=60):
+with multiprocess._lock.locked(Path(sys.argv[1]), exclusive=sys.argv[2] == "merge", timeout=60):
     print("holding", flush=True)
     os.kill(os.getpid(), signal.SIGSTOP)
 """
@@ -1511,7 +1515,7 @@ def test_a_scrape_waits_a_bounded_time_for_a_stopped_merge(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A process stopped inside its merge fails scrapes after SCRAPE_TIMEOUT, never hangs."""
-    monkeypatch.setattr(multiprocess, "SCRAPE_TIMEOUT", 1.0)
+    monkeypatch.setattr(multiprocess._lock, "SCRAPE_TIMEOUT", 1.0)
     dead_workers(directory, workers, [2])
     app = multiprocess.make_wsgi_app(directory)
     with stopped_holder(directory, "merge"):
@@ -1552,7 +1556,7 @@ def test_merges_get_their_turn_under_a_storm_of_scrapes(
                 start = time.monotonic()
                 multiprocess.mark_process_dead(worker.pid, directory)
                 slowest = max(slowest, time.monotonic() - start)
-                assert not multiprocess._is_deferred(directory.resolve()), (
+                assert not multiprocess._merge.is_deferred(directory.resolve()), (
                     f"a merge was put off after {len(scrapes)} scrapes"
                 )
                 assert f"counter_{worker.pid}.db" not in file_names(directory)
@@ -1568,13 +1572,13 @@ def test_merges_resume_once_a_stopped_scrape_goes_away(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Merges put off while a scrape is stopped run at the first merge after its window."""
-    monkeypatch.setattr(multiprocess, "MERGE_TIMEOUT", 0.3)
-    monkeypatch.setattr(multiprocess, "_STUCK_SECONDS", 0.5)
+    monkeypatch.setattr(multiprocess._lock, "MERGE_TIMEOUT", 0.3)
+    monkeypatch.setattr(multiprocess._merge, "STUCK_SECONDS", 0.5)
     dead = dead_workers(directory, workers, [1, 2, 3])
     with stopped_holder(directory, "scrape"):
         for worker in dead[:2]:
             multiprocess.mark_process_dead(worker.pid, directory)
-        assert multiprocess._is_deferred(directory.resolve())
+        assert multiprocess._merge.is_deferred(directory.resolve())
     time.sleep(0.5)  # past the window in which merges only try once
     multiprocess.mark_process_dead(dead[2].pid, directory)
     assert file_names(directory) == ARCHIVES
@@ -1593,7 +1597,7 @@ def test_an_archive_records_only_what_an_interrupted_merge_leaves(
     (single / f"counter_{2**22 + 1}.db").write_bytes(data)
     assert multiprocess.sweep(directory) == 300
     assert multiprocess.sweep(single) == 1
-    partials, absorbed = multiprocess._read_archive(directory.resolve(), "counter")
+    partials, absorbed = multiprocess._files.read_archive(directory.resolve(), "counter")
     assert len(absorbed) == 1
     logins = next(key for key in partials if '"success"' in key)
     assert math.fsum(partials[logins]) == 300.0
@@ -1653,10 +1657,10 @@ def test_only_what_prometheus_client_writes_is_read(
     path = tmp_path / "file.db"
     path.write_bytes(data)
     if slug == "none":
-        assert multiprocess._entries(path, kind) == {}
+        assert multiprocess._files.entries(path, kind) == {}
         return
-    with pytest.raises(multiprocess._CorruptFileError) as refused:
-        multiprocess._entries(path, kind)
+    with pytest.raises(multiprocess._files.CorruptFileError) as refused:
+        multiprocess._files.entries(path, kind)
     assert refused.value.slug == slug
 
 
@@ -1664,8 +1668,8 @@ def test_a_key_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     """A key whose bytes are not UTF-8 makes its file corrupt."""
     path = tmp_path / "file.db"
     path.write_bytes(file_of([(LOGINS_KEY, 1.0)]).replace(b"logins_total", b"logins\xfftotal"))
-    with pytest.raises(multiprocess._CorruptFileError, match="is not UTF-8"):
-        multiprocess._entries(path, "counter")
+    with pytest.raises(multiprocess._files.CorruptFileError, match="is not UTF-8"):
+        multiprocess._files.entries(path, "counter")
 
 
 def test_gauges_may_hold_any_value_but_a_corrupt_one_is_skipped(
@@ -1676,7 +1680,7 @@ def test_gauges_may_hold_any_value_but_a_corrupt_one_is_skipped(
     (directory / f"gauge_all_{2**22 + 1}.db").write_bytes(file_of([(gauge, -3.0)]))
     (directory / f"gauge_all_{2**22 + 2}.db").write_bytes(file_of([("not json", 1.0)]))
     # With no room left to remember keys or reports, every scrape checks and logs anew.
-    monkeypatch.setattr(multiprocess, "_MAX_CHECKED_KEYS", 0)
+    monkeypatch.setattr(multiprocess._files, "_MAX_CHECKED_KEYS", 0)
     with caplog.at_level(logging.ERROR, logger="veza_business_metrics.multiprocess"):
         read = scrape(directory)
         assert read == scrape(directory) == {key("temperature", "pid", str(2**22 + 1)): -3.0}
@@ -1739,7 +1743,7 @@ def test_a_server_that_fails_to_take_a_directory_keeps_its_share(
     with another_server(directory, "attach") as other:
         with pytest.raises(multiprocess.DirectoryInUseError, match=rf"\(pid {other.pid}\)"):
             multiprocess.clear(directory)
-        monkeypatch.setattr(multiprocess, "_PROC", directory / "no-procfs")
+        monkeypatch.setattr(multiprocess._files, "PROC", directory / "no-procfs")
         with pytest.raises(multiprocess.DirectoryInUseError, match="by another server: give"):
             multiprocess.clear(directory)
     assert _holds_server_lock(directory)  # this process's share, kept
