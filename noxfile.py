@@ -140,6 +140,7 @@ def run_suite_on_the_wheel(
     requirements: str = "requirements/test.txt",
     tests: Sequence[str] = (),
     leave_out: Sequence[str] = (),
+    markers: str = "not slow and not once",
 ) -> None:
     """Install the built wheel, not an editable checkout, and run the suite or ``tests`` on it."""
     install(session, "--requirement", requirements, *packages, wheel=built_wheel())
@@ -153,7 +154,7 @@ def run_suite_on_the_wheel(
     # The long load tests run once, in the tests session: what they add on other versions
     # of Python and prometheus-client, the real processes of the other tests check.
     ignored = [f"--ignore={path}" for path in leave_out]
-    arguments = session.posargs or ["-m", "not slow and not once", *ignored, *tests]
+    arguments = session.posargs or ["-m", markers, *ignored, *tests]
     # Fewer Hypothesis examples than the tests session tries (tests/conftest.py).
     session.run(
         "pytest", "-p", "no:cacheprovider", "-q", "--hypothesis-profile=versions", *arguments
@@ -252,7 +253,10 @@ def wheel(session: nox.Session) -> None:
 @nox.session(requires=["wheel"])
 def lowest(session: nox.Session) -> None:
     """Run the suite on the installed wheel with the lowest supported prometheus-client."""
-    run_suite_on_the_wheel(session, LOWEST_PROMETHEUS_CLIENT)
+    # The tests session runs on this Python what no release of prometheus-client changes.
+    run_suite_on_the_wheel(
+        session, LOWEST_PROMETHEUS_CLIENT, markers="not slow and not once and not ours"
+    )
 
 
 @nox.session(requires=["wheel"])
@@ -278,4 +282,5 @@ def internals(session: nox.Session) -> None:
             f"prometheus-client=={release}",
             requirements="requirements/internals.txt",
             tests=INTERNALS_TESTS,
+            markers="not slow and not once and not ours",
         )

@@ -195,11 +195,17 @@ def library_error(name: str, args: list[Any]) -> dict[str, Any]:
     }
 
 
+# Tasks of each kind (settle, refund, erase) in the recycling run: three batches, each
+# followed by a task to kill, then the rest.
+PER_KIND = 200
+BATCH = 60
+
+
 @pytest.mark.slow
 def test_celery_recycled_and_killed_pool_processes_count_exactly(
     tmp_path: Path, redis_url: str
 ) -> None:
-    """1,500 tasks, pool processes recycled every 5 and 3 SIGKILLed: the scrape is exact."""
+    """600 tasks, pool processes recycled every 5 and 3 SIGKILLed: the scrape is exact."""
     port = free_port()
     metrics_dir, markers = tmp_path / "metrics", tmp_path / "markers"
     metrics_dir.mkdir()
@@ -211,20 +217,20 @@ def test_celery_recycled_and_killed_pool_processes_count_exactly(
     url = f"http://127.0.0.1:{port}/metrics"
     scraper = Scraper(url, metrics_dir)
     client = Celery(broker=redis_url, set_as_current=False)
-    total = 3 * 500 + len(BAD_TASKS) + len(STOPS)
+    total = 3 * PER_KIND + len(BAD_TASKS) + len(STOPS)
     started = time.monotonic()
     with serving(command, url, tmp_path, tmp_path / "worker.log", env) as worker:
         assert not stale.exists()
         assert scrape(url) == ZERO
         scraper.start()
         try:
-            enqueue(redis_url, 150)
+            enqueue(redis_url, BATCH)
             for name, args in [*BAD_TASKS, STOPS[0]]:
                 client.send_task(name, args)
             for stop in STOPS[1:]:
-                enqueue(redis_url, 150)
+                enqueue(redis_url, BATCH)
                 client.send_task(*stop)
-            enqueue(redis_url, 50)
+            enqueue(redis_url, PER_KIND - 3 * BATCH)
             for _, (order_id, *_) in STOPS:
                 kill_when_stopped(markers, order_id, worker.pid)
                 # Killed in the middle of the run: tasks finished before, others after.
@@ -244,7 +250,7 @@ def test_celery_recycled_and_killed_pool_processes_count_exactly(
         f" scraped {final}; {scraper.scrapes} scrapes, {len(scraper.decreases)} decreases,"
         f" files at the peak {dict(scraper.peak_files)}, at the end {at_end}"
     )
-    assert len(succeeded) == 3 * 500 + len(STOPS)
+    assert len(succeeded) == 3 * PER_KIND + len(STOPS)
     # At-least-once: the tasks killed before their record_* calls, or after them but
     # before their result was stored, ran again; the latter counted twice. The one
     # killed once its result was stored did not run again.
@@ -264,6 +270,7 @@ def test_celery_recycled_and_killed_pool_processes_count_exactly(
     assert listening == {worker.pid}
 
 
+@pytest.mark.ours
 @pytest.mark.parametrize("acks", ["early", "late-without-reject"])
 def test_celery_at_most_once_settings_never_run_a_killed_task_again(
     tmp_path: Path, redis_url: str, acks: str

@@ -379,6 +379,7 @@ def merge_in_a_process(directory: Path, die_at: int, pid: int) -> subprocess.Com
     )
 
 
+@pytest.mark.ours
 @pytest.mark.parametrize("merge", ["mark_process_dead", "sweep"])
 def test_a_merge_killed_at_any_change_loses_and_repeats_nothing(
     tmp_path: Path, workers: list[Worker], merge: str
@@ -418,6 +419,7 @@ def test_a_merge_killed_at_any_change_loses_and_repeats_nothing(
     }
 
 
+@pytest.mark.ours
 def test_a_process_killed_between_a_claim_and_its_undoing_keeps_its_file(
     directory: Path, workers: list[Worker]
 ) -> None:
@@ -485,6 +487,7 @@ def test_a_claim_is_not_given_back_over_a_file_created_meanwhile(
     assert scrape(directory) == worker_samples(5)
 
 
+@pytest.mark.ours
 def test_a_merge_killed_while_giving_a_claim_back_counts_it_once(
     directory: Path, workers: list[Worker]
 ) -> None:
@@ -542,6 +545,7 @@ def test_concurrent_merges_and_scrapes_stay_exact(directory: Path, workers: list
     assert file_names(directory) == ARCHIVES
 
 
+@pytest.mark.ours
 def test_threads_of_one_process_exclude_each_other(directory: Path, workers: list[Worker]) -> None:
     """Merges from threads of one process, each with its own lock, stay exact."""
     dead = dead_workers(directory, workers, [1, 2, 3, 4])
@@ -764,6 +768,7 @@ FORK_DURING_A_SCRAPE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.ours
 def test_a_process_forked_during_a_scrape_does_not_keep_the_lock(
     directory: Path, workers: list[Worker]
 ) -> None:
@@ -789,6 +794,7 @@ def test_a_process_forked_during_a_scrape_does_not_keep_the_lock(
         os.kill(child, signal.SIGKILL)
 
 
+@pytest.mark.ours
 def test_a_merge_from_a_signal_handler_during_a_merge_does_not_deadlock(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -861,6 +867,7 @@ def test_a_live_gauge_opened_just_before_its_claim_is_given_back(
         assert heir.wait(timeout=30) == 0
 
 
+@pytest.mark.ours
 def test_a_forked_child_forgets_the_locks_of_its_parent(directory: Path) -> None:
     """After a fork, the child closes its copies of the lock's descriptors and resets."""
     # What a fork does while this process holds the lock, short of the fork itself: the
@@ -883,6 +890,7 @@ def test_a_forked_child_forgets_the_locks_of_its_parent(directory: Path) -> None
                 os.fstat(copy)
 
 
+@pytest.mark.ours
 def test_a_forked_child_resets_even_if_a_descriptor_was_closed_already() -> None:
     """A descriptor that another fork hook closed first does not stop the child's reset."""
     closed = os.open(os.devnull, os.O_RDONLY)
@@ -922,6 +930,7 @@ def test_a_put_off_merge_that_fails_after_a_scrape_keeps_the_scrape(
     assert file_names(directory) == ARCHIVES
 
 
+@pytest.mark.ours
 @pytest.mark.timeout(60)
 def test_a_merge_from_a_signal_handler_while_opening_the_lock_does_not_deadlock(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
@@ -959,6 +968,7 @@ MERGE_DURING_FORK_HOOKS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.ours
 def test_a_merge_between_the_fork_hooks_does_not_deadlock(
     directory: Path, workers: list[Worker]
 ) -> None:
@@ -972,6 +982,7 @@ def test_a_merge_between_the_fork_hooks_does_not_deadlock(
     assert file_names(directory) == ARCHIVES
 
 
+@pytest.mark.ours
 def test_merges_put_off_at_once_by_many_threads_all_run(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1081,6 +1092,7 @@ def stuck_scrape(directory: Path) -> Iterator[None]:
         assert stuck.wait(timeout=30) == 0
 
 
+@pytest.mark.ours
 def test_a_merge_blocked_by_a_stuck_scrape_is_put_off_not_lost(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1117,6 +1129,7 @@ def test_a_merge_that_fails_keeps_the_merges_it_took_over(
     assert scrape(directory) == worker_samples(5)
 
 
+@pytest.mark.ours
 def test_after_one_merge_waited_in_vain_the_next_ones_do_not_wait(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1135,6 +1148,7 @@ def test_after_one_merge_waited_in_vain_the_next_ones_do_not_wait(
     assert scrape(directory) == worker_samples(6)
 
 
+@pytest.mark.ours
 def test_a_merge_asked_for_during_a_scrape_runs_after_it(
     directory: Path, workers: list[Worker]
 ) -> None:
@@ -1362,6 +1376,7 @@ if not os.fork():
 """
 
 
+@pytest.mark.ours
 def test_clear_refuses_a_directory_that_another_server_uses(directory: Path) -> None:
     """A second server given the same directory deletes nothing and says which one uses it."""
     with another_server(directory) as server:
@@ -1378,6 +1393,7 @@ def test_clear_refuses_a_directory_that_another_server_uses(directory: Path) -> 
     assert file_names(directory) == set()
 
 
+@pytest.mark.ours
 def test_a_forked_worker_keeps_the_directory_in_use_after_its_server_died(
     directory: Path,
 ) -> None:
@@ -1511,6 +1527,7 @@ def test_a_damaged_archive_is_refused_not_misread(directory: Path, workers: list
         scrape(directory)
 
 
+@pytest.mark.ours
 def test_a_scrape_waits_a_bounded_time_for_a_stopped_merge(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1533,6 +1550,7 @@ def test_a_scrape_waits_a_bounded_time_for_a_stopped_merge(
     assert scrape(directory) == worker_samples(2)
 
 
+@pytest.mark.ours
 def test_merges_get_their_turn_under_a_storm_of_scrapes(
     directory: Path, workers: list[Worker]
 ) -> None:
@@ -1568,6 +1586,7 @@ def test_merges_get_their_turn_under_a_storm_of_scrapes(
     assert scrape(directory) == worker_samples(12)
 
 
+@pytest.mark.ours
 def test_merges_resume_once_a_stopped_scrape_goes_away(
     directory: Path, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1699,6 +1718,7 @@ def test_folders_named_like_files_are_never_read_or_merged(
     assert scrape(directory) == worker_samples(2)
 
 
+@pytest.mark.ours
 @pytest.mark.parametrize("lock", ["loop", "dangling"])
 def test_a_scraper_that_cannot_open_the_merge_lock_still_scrapes_and_merges(
     directory: Path, workers: list[Worker], lock: str
@@ -1711,6 +1731,7 @@ def test_a_scraper_that_cannot_open_the_merge_lock_still_scrapes_and_merges(
     assert scrape(directory) == worker_samples(2)
 
 
+@pytest.mark.ours
 def test_a_lock_file_made_under_a_strict_umask_is_lockable_by_all(directory: Path) -> None:
     """The merge lock file is made readable by everyone, whatever the umask."""
     old = os.umask(0o077)
@@ -1735,6 +1756,7 @@ def test_the_app_logs_a_merge_that_fails_and_answers_503_for_the_archive(
     assert f"Could not merge the metrics files in {directory}" in caplog.text
 
 
+@pytest.mark.ours
 def test_a_server_that_fails_to_take_a_directory_keeps_its_share(
     directory: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1805,6 +1827,7 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+@pytest.mark.ours
 @pytest.mark.parametrize("served", [wsgi_served, asgi_served], ids=["wsgi", "asgi"])
 def test_the_apps_refuse_a_scrape_without_the_credentials(
     directory: Path, workers: list[Worker], served: Any
@@ -1858,6 +1881,7 @@ def test_the_asgi_app_merges_at_a_workers_start_and_serves_openmetrics(
         ({"basic_auth": (None, "pw")}, TypeError, "the basic_auth user must be a str, got None"),
     ],
 )
+@pytest.mark.ours
 def test_the_apps_refuse_credentials_that_cannot_work(
     directory: Path, credentials: dict[str, Any], error: type[Exception], message: str
 ) -> None:

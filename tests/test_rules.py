@@ -260,6 +260,7 @@ def test_configured_matchers_reach_every_counter_selector(document: dict[str, ob
                 assert matchers[len(matchers) - len(tuned.matchers) :] == list(tuned.matchers)
 
 
+@pytest.mark.once
 def test_promtool_accepts_the_rules_of_any_valid_config(promtool: str, tmp_path: Path) -> None:
     """The promtool check of the rules accepts those printed for generated configs."""
     paths: list[Path] = []
