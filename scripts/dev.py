@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -137,10 +138,42 @@ def bootstrap(env_dir: Path, inputs: Sequence[Path], *pip_arguments: str) -> Pat
 
 
 def test(nox_arguments: Sequence[str]) -> None:
-    """Run the sessions of noxfile.py: all of them unless ``nox_arguments`` choose."""
+    """Run the sessions of noxfile.py: all of them unless ``nox_arguments`` choose.
+
+    All of them run in two nox processes side by side: the tests session, which spends
+    most of its time waiting on servers under load and on the 5-minute soak rather than
+    on the CPU, and every other session.
+    """
     requirements = REQUIREMENTS / "nox.txt"
     python = bootstrap(ROOT / ".venv-nox", [requirements], "--requirement", str(requirements))
-    run(str(python), "-m", "nox", "--noxfile", str(ROOT / "noxfile.py"), *nox_arguments)
+    nox = [str(python), "-m", "nox", "--noxfile", str(ROOT / "noxfile.py")]
+    if nox_arguments:
+        run(*nox, *nox_arguments)
+        return
+    status = run_beside([*nox, "-s", "tests"], [*nox, "-k", "not tests"])
+    if status:
+        sys.exit(status)
+
+
+def run_beside(shown: Sequence[str], beside: Sequence[str]) -> int:
+    """Run ``shown`` and, at the same time, ``beside``; return the first failing status.
+
+    ``shown`` prints as it runs; what ``beside`` prints is kept and follows once both
+    have ended, so that the two never interleave.
+    """
+    print("+", " ".join(shown), flush=True)
+    print("+", " ".join(beside), "(at the same time; its output follows)", flush=True)
+    with tempfile.TemporaryFile() as log:
+        with subprocess.Popen(beside, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT) as other:
+            try:
+                first = subprocess.run(shown, cwd=ROOT, check=False).returncode
+            finally:
+                second = other.wait()
+        log.seek(0)
+        sys.stdout.flush()
+        shutil.copyfileobj(log, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    return first or second
 
 
 def port_number(text: str) -> int:
@@ -315,7 +348,8 @@ def main() -> None:
         help="lint, types, tests, docs and the wheel; other arguments go to nox",
         usage="%(prog)s [-h] [NOX_ARGUMENT ...]",
         description=(
-            "Install nox into .venv-nox and run every session of noxfile.py. Every other"
+            "Install nox into .venv-nox and run every session of noxfile.py: the tests"
+            " session, and beside it every other one, whose output follows. Every other"
             " argument goes to nox: '-s docs' runs one session, '-s tests -- -k name' runs"
             " the tests session with pytest's arguments after '--', and '--list' lists the"
             " sessions."

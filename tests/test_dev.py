@@ -103,6 +103,33 @@ def test_test_passes_every_other_argument_to_nox(
     assert received == [arguments]
 
 
+# Prints its first argument after sleeping its second, then exits with its third.
+SLEEPER = (
+    "import sys, time; time.sleep(float(sys.argv[2])); print(sys.argv[1], flush=True);"
+    " time.sleep(2); sys.exit(int(sys.argv[3]))"
+)
+
+
+@pytest.mark.parametrize(
+    ("shown", "beside", "status"), [(0, 0, 0), (0, 3, 3), (2, 3, 2), (2, 0, 2)]
+)
+def test_run_beside_runs_both_at_once_and_shows_the_second_after_the_first(
+    capfd: pytest.CaptureFixture[str], shown: int, beside: int, status: int
+) -> None:
+    """Both commands run at once, the second's output follows the first's, a failure wins."""
+    started = time.monotonic()
+    result = dev.run_beside(
+        [sys.executable, "-c", SLEEPER, "shown", "0.5", str(shown)],
+        [sys.executable, "-c", SLEEPER, "beside", "0", str(beside)],
+    )
+    elapsed = time.monotonic() - started
+    printed = capfd.readouterr().out
+    assert result == status
+    # The second printed first, yet its output comes after the first's.
+    assert printed.index("shown\n") < printed.index("beside\n"), printed
+    assert elapsed < 4.0, f"{elapsed:.1f} s: one ran after the other, 4.5 s at the least"
+
+
 def test_port_number_takes_every_port_from_1_to_65535() -> None:
     """The ports at both ends of the range, and the default, are accepted as numbers."""
     assert [dev.port_number(text) for text in ["1", "8000", "65535"]] == [1, 8000, 65535]
