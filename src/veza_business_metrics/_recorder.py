@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from prometheus_client import REGISTRY, Counter, values
 
+from veza_business_metrics import _exemplars
 from veza_business_metrics._currencies import MINOR_UNITS, NO_MINOR_UNIT
 from veza_business_metrics._errors import (
     InvalidAmountError,
@@ -308,31 +309,52 @@ class Recorder:
                 child = _child_by_value(self._login_by_value, LoginOutcome, outcome)
         except KeyError:
             raise label_error(LoginOutcome, outcome) from None
-        child.inc()
+        if _exemplars.enabled:
+            _exemplars.inc(child, 1)
+        else:
+            child.inc()
 
     def record_login_success(self) -> None:
         """Count one successful login."""
-        self._success.inc()
+        if _exemplars.enabled:
+            _exemplars.inc(self._success, 1)
+        else:
+            self._success.inc()
 
     def record_login_failure_credentials(self) -> None:
         """Count one login refused for a wrong password or unknown user."""
-        self._failure_credentials.inc()
+        if _exemplars.enabled:
+            _exemplars.inc(self._failure_credentials, 1)
+        else:
+            self._failure_credentials.inc()
 
     def record_login_failure_unverified(self) -> None:
         """Count one login refused because the email address is not verified."""
-        self._failure_unverified.inc()
+        if _exemplars.enabled:
+            _exemplars.inc(self._failure_unverified, 1)
+        else:
+            self._failure_unverified.inc()
 
     def record_login_failure_locked(self) -> None:
         """Count one login refused because the account is locked."""
-        self._failure_locked.inc()
+        if _exemplars.enabled:
+            _exemplars.inc(self._failure_locked, 1)
+        else:
+            self._failure_locked.inc()
 
     def record_login_failure_2fa(self) -> None:
         """Count one login that failed its second factor."""
-        self._failure_2fa.inc()
+        if _exemplars.enabled:
+            _exemplars.inc(self._failure_2fa, 1)
+        else:
+            self._failure_2fa.inc()
 
     def record_login_failure_other(self) -> None:
         """Count one login that failed for any other reason."""
-        self._failure_other.inc()
+        if _exemplars.enabled:
+            _exemplars.inc(self._failure_other, 1)
+        else:
+            self._failure_other.inc()
 
     def record_order_event(self, status: OrderStatus | OrderStatusValue) -> None:
         """Count one marketplace order moving to ``status``.
@@ -354,23 +376,38 @@ class Recorder:
                 child = _child_by_value(self._order_by_value, OrderStatus, status)
         except KeyError:
             raise label_error(OrderStatus, status) from None
-        child.inc()
+        if _exemplars.enabled:
+            _exemplars.inc(child, 1)
+        else:
+            child.inc()
 
     def record_order_created(self) -> None:
         """Count one order created."""
-        self._created.inc()
+        if _exemplars.enabled:
+            _exemplars.inc(self._created, 1)
+        else:
+            self._created.inc()
 
     def record_order_completed(self) -> None:
         """Count one order whose payment completed."""
-        self._completed.inc()
+        if _exemplars.enabled:
+            _exemplars.inc(self._completed, 1)
+        else:
+            self._completed.inc()
 
     def record_order_refunded(self) -> None:
         """Count one order refunded."""
-        self._refunded.inc()
+        if _exemplars.enabled:
+            _exemplars.inc(self._refunded, 1)
+        else:
+            self._refunded.inc()
 
     def record_order_failed(self) -> None:
         """Count one order whose payment the provider rejected."""
-        self._failed.inc()
+        if _exemplars.enabled:
+            _exemplars.inc(self._failed, 1)
+        else:
+            self._failed.inc()
 
     def record_revenue(self, amount_cents: int, currency: str) -> None:
         """Add revenue settled by the payment provider, in minor units of ``currency``.
@@ -401,7 +438,10 @@ class Recorder:
             except KeyError:
                 pass
             else:
-                child.inc(amount_cents)
+                if _exemplars.enabled:
+                    _exemplars.inc(child, amount_cents)
+                else:
+                    child.inc(amount_cents)
                 return
         self._add_money(self._revenue_children, amount_cents, currency, refund=False)
 
@@ -424,7 +464,10 @@ class Recorder:
 
     def record_account_deletion(self) -> None:
         """Count one account hard-deleted or erased under the GDPR."""
-        self.account_deletions_total.inc()
+        if _exemplars.enabled:
+            _exemplars.inc(self.account_deletions_total, 1)
+        else:
+            self.account_deletions_total.inc()
 
     def _add_money(
         self, children: dict[str, Counter], amount_cents: int, currency: str, *, refund: bool
@@ -440,4 +483,7 @@ class Recorder:
         if child is None:
             label = code + REFUND_SUFFIX if refund else code
             child = children[spelling] = self.revenue_cents_total.labels(label)
-        child.inc(amount)
+        if _exemplars.enabled:
+            _exemplars.inc(child, amount)
+        else:
+            child.inc(amount)

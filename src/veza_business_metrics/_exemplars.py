@@ -1,0 +1,122 @@
+"""Trace exemplars: the current OpenTelemetry span's ids on each increment, once enabled.
+
+Nothing here imports OpenTelemetry until ``enable_trace_exemplars()`` runs, so that
+``import veza_business_metrics`` stays as cheap without the extra as with it. While
+exemplars are disabled, the recorders read ``enabled`` and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, cast
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from opentelemetry.trace import Span
+    from prometheus_client import Counter
+
+EXTRA: Final = "veza-business-metrics[otel]"
+# W3C trace context: a trace id is 16 bytes, a span id 8, and all zeros is invalid.
+_TRACE_ID_LIMIT: Final = 2**128
+_SPAN_ID_LIMIT: Final = 2**64
+_SAMPLED: Final = 0x01
+
+# The recorders' one check on the record path; False until exemplars are enabled.
+enabled = False
+# Set on the first enable_trace_exemplars(), and kept after a disable, so that a call
+# that read enabled just before the disable still finds them.
+_current_context: Callable[[], Mapping[str, object]]
+_span_key: str
+_span_type: type
+_span_context_type: type
+
+
+def enable_trace_exemplars() -> None:
+    """Attach the current sampled OpenTelemetry span's ids to every increment from now on.
+
+    Each ``record_*`` call made inside a sampled span with a valid context then gives the
+    series it increments the exemplar ``{"trace_id": ..., "span_id": ...}`` (lower-case
+    hex, 32 and 16 characters), with the increment as its value. prometheus_client serves
+    it in the OpenMetrics format, to scrapers that ask for that format. Calling it again
+    changes nothing.
+
+    Raises:
+        ModuleNotFoundError: If ``opentelemetry-api``, which the ``otel`` extra installs,
+            cannot be imported. Nothing is enabled then.
+    """
+    global enabled, _current_context, _span_key, _span_type, _span_context_type  # noqa: PLW0603  # the recorders read these module attributes on every call
+    try:
+        from opentelemetry import context, trace  # noqa: PLC0415
+        from opentelemetry.context.contextvars_context import (  # noqa: PLC0415
+            ContextVarsRuntimeContext,
+        )
+        from opentelemetry.trace.propagation import _SPAN_KEY  # noqa: PLC0415
+    except ImportError as error:
+        message = (
+            "enable_trace_exemplars() needs opentelemetry-api, which could not be imported"
+            f" ({error}); install {EXTRA}"
+        )
+        raise ModuleNotFoundError(message, name=error.name) from error
+    runtime = context._RUNTIME_CONTEXT  # noqa: SLF001
+    # OpenTelemetry's public get_current() costs three Python calls; the context variable
+    # that its default runtime context reads is one C call, on every recorded event.
+    if type(runtime) is ContextVarsRuntimeContext:
+        _current_context = runtime._current_context.get  # noqa: SLF001
+    else:
+        _current_context = context.get_current
+    _span_key = _SPAN_KEY
+    _span_type = trace.Span
+    _span_context_type = trace.SpanContext
+    enabled = True
+
+
+def disable_trace_exemplars() -> None:
+    """Stop attaching exemplars; each later increment costs what it did before enabling.
+
+    The exemplars already attached stay on their series until a newer one replaces them.
+    """
+    global enabled  # noqa: PLW0603  # the recorders read this module attribute on every call
+    enabled = False
+
+
+def inc(child: Counter, amount: int) -> None:
+    """Add ``amount`` to ``child``, with the current sampled span's ids as its exemplar.
+
+    Args:
+        child: The counter, or labelled child, that the record call increments.
+        amount: The increment, already validated: the exemplar's value.
+    """
+    span = _current_context().get(_span_key)
+    if span is None:
+        child.inc(amount)
+        return
+    exemplar = _exemplar(span)
+    if exemplar is None:
+        child.inc(amount)
+    else:
+        child.inc(amount, exemplar)
+
+
+def _exemplar(span: object) -> dict[str, str] | None:
+    # Anyone can put any object in a context, and a span's context may carry ids of any
+    # type or size: only exact ints in the W3C ranges are written, so that an exemplar is
+    # always 32 and 16 hex digits, within prometheus_client's 128-rune limit, and a
+    # recorded event never fails because of its span.
+    if not isinstance(span, _span_type):
+        return None
+    span_context = cast("Span", span).get_span_context()
+    if not isinstance(span_context, _span_context_type):
+        return None
+    trace_id: object = span_context.trace_id
+    span_id: object = span_context.span_id
+    flags: object = span_context.trace_flags
+    if (
+        type(trace_id) is int
+        and type(span_id) is int
+        and 0 < trace_id < _TRACE_ID_LIMIT
+        and 0 < span_id < _SPAN_ID_LIMIT
+        and issubclass(type(flags), int)
+        and int.__and__(cast("int", flags), _SAMPLED)
+    ):
+        return {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}"}
+    return None
