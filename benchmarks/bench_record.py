@@ -6,21 +6,49 @@ installed, such as ``.nox/tests`` once ``python3 scripts/dev.py test`` has creat
 All cases run interleaved in one process: every round times each case once, and a
 case's ratio is the median over rounds of (case - empty loop) / (baseline - empty loop),
 so drift in CPU frequency or load hits the case and its baseline alike.
+
+The helpers on the hot paths are timed three ways: with trace exemplars disabled, as
+every case is unless it says otherwise; enabled outside any span; and enabled inside a
+sampled span, which attaches an exemplar on every call. The last two need
+opentelemetry-api (the ``otel`` extra); without it they are left out, and said to be.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import timeit
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry
 
-from veza_business_metrics import BusinessMetrics, LoginOutcome, OrderStatus
+from veza_business_metrics import (
+    BusinessMetrics,
+    LoginOutcome,
+    OrderStatus,
+    disable_trace_exemplars,
+    enable_trace_exemplars,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+try:
+    from opentelemetry import trace
+except ImportError:
+    HAS_OTEL = False
+else:
+    HAS_OTEL = True
+
+Mode = Literal["disabled", "enabled", "span"]
+# What each mode adds to a ratio's target; None: no target, only the figure.
+MODE_TARGET_ADDS: dict[Mode, float | None] = {"disabled": 0.0, "enabled": 0.10, "span": None}
+MODE_LABELS: dict[Mode, str] = {"disabled": "", "enabled": " [no span]", "span": " [span]"}
 
 IMPORT_PROBE = """
 import time, prometheus_client
@@ -84,27 +112,79 @@ CASES = [
         None,
     ),
 ]
+# The hot paths, timed again with exemplars enabled, outside and inside a sampled span.
+EXEMPLAR_CASES = [
+    case
+    for case in CASES
+    if case[0]
+    in {
+        "record_login_success()",
+        "record_account_deletion()",
+        "record_login('success')",
+        "record_order_event(OrderStatus.X)",
+        "record_revenue(1999, 'EUR')",
+    }
+]
 
 
-def measure_ratios(rounds: int, number: int) -> list[tuple[str, float, float, float | None]]:
-    """Return (label, ratio, nanoseconds per call, target) for every case."""
+@contextlib.contextmanager
+def exemplars(mode: Mode) -> Iterator[None]:
+    """Run the block with exemplars as ``mode`` says, and disabled again after it."""
+    if mode == "disabled":
+        yield
+        return
+    enable_trace_exemplars()
+    try:
+        if mode == "enabled":
+            yield
+        else:
+            # What a sampled span of the SDK gives the lookup: a valid, sampled context.
+            sampled = trace.SpanContext(
+                0x0AF7651916CD43DD8448EB211C80319C,
+                0xB7AD6B7169203331,
+                is_remote=False,
+                trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+            )
+            with trace.use_span(trace.NonRecordingSpan(sampled)):
+                yield
+    finally:
+        disable_trace_exemplars()
+
+
+def measure_ratios(
+    rounds: int, number: int, modes: tuple[Mode, ...]
+) -> list[tuple[str, float, float, float | None]]:
+    """Return (label, ratio, nanoseconds per call, target) for every case in every mode."""
     namespace = _namespace()
-    statements = {"pass"} | {case[1] for case in CASES} | {case[2] for case in CASES}
-    timers = {s: timeit.Timer(s, globals=namespace) for s in statements}
-    samples: dict[str, list[float]] = {s: [] for s in statements}
+    runs: list[tuple[str, str, str, float | None, Mode]] = [(*case, "disabled") for case in CASES]
+    runs += [(*case, mode) for mode in modes if mode != "disabled" for case in EXEMPLAR_CASES]
+    # Every baseline and the empty loop read no exemplar state: they are timed disabled.
+    disabled: Mode = "disabled"
+    timed = {("pass", disabled)} | {(run[1], run[4]) for run in runs}
+    timed |= {(run[2], disabled) for run in runs}
+    timers = {key: timeit.Timer(key[0], globals=namespace) for key in sorted(timed)}
+    samples: dict[tuple[str, Mode], list[float]] = {key: [] for key in timers}
     for _ in range(rounds):
-        for statement, timer in timers.items():
-            samples[statement].append(timer.timeit(number) / number)
+        for (statement, mode), timer in timers.items():
+            with exemplars(mode):
+                samples[statement, mode].append(timer.timeit(number) / number)
     results = []
-    for label, statement, baseline, target in CASES:
+    for label, statement, baseline, target, mode in runs:
         ratios = [
             (case - empty) / (base - empty)
             for case, base, empty in zip(
-                samples[statement], samples[baseline], samples["pass"], strict=True
+                samples[statement, mode],
+                samples[baseline, "disabled"],
+                samples["pass", "disabled"],
+                strict=True,
             )
         ]
-        nanoseconds = statistics.median(samples[statement]) * 1e9
-        results.append((label, statistics.median(ratios), nanoseconds, target))
+        nanoseconds = statistics.median(samples[statement, mode]) * 1e9
+        add = MODE_TARGET_ADDS[mode]
+        shown_target = None if target is None or add is None else target + add
+        results.append(
+            (label + MODE_LABELS[mode], statistics.median(ratios), nanoseconds, shown_target)
+        )
     return results
 
 
@@ -130,8 +210,12 @@ def main() -> None:
     parser.add_argument("--import-runs", type=int, default=21, help="fresh interpreters")
     args = parser.parse_args()
 
+    modes: tuple[Mode, ...] = ("disabled", "enabled", "span")
+    if not HAS_OTEL:
+        modes = ("disabled",)
+        print("opentelemetry-api is not installed: the exemplar cases are left out")
     print(f"{'case':44} {'ns/call':>8} {'ratio':>6} {'target':>7}")
-    for label, ratio, nanoseconds, target in measure_ratios(args.rounds, args.number):
+    for label, ratio, nanoseconds, target in measure_ratios(args.rounds, args.number, modes):
         verdict = "" if target is None else ("ok" if ratio <= target else "OVER")
         shown_target = "" if target is None else f"<={target:.2f}"
         print(f"{label:44} {nanoseconds:8.1f} {ratio:6.3f} {shown_target:>7} {verdict}")
