@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import urllib.request
 from typing import TYPE_CHECKING, Any
@@ -250,6 +251,28 @@ def test_the_exemplar_is_of_the_innermost_span(
     ):
         metrics.record_order_failed()
     assert exemplars(registry) == {(ORDERS, (("status", "failed"),)): (ids(inner), 1.0)}
+
+
+def test_concurrent_tasks_each_attach_the_span_of_their_own_request(
+    tracer: Tracer, metrics: BusinessMetrics, registry: CollectorRegistry
+) -> None:
+    """Interleaved asyncio tasks, each in its own span, attach each its own span's ids."""
+
+    async def handle(outcome: str) -> trace.Span:
+        with tracer.start_as_current_span(outcome) as span:
+            # Both spans are open at once: the other task runs here.
+            await asyncio.sleep(0)
+            metrics.record_login(outcome)  # type: ignore[arg-type]
+            return span
+
+    async def serve() -> tuple[trace.Span, trace.Span]:
+        return await asyncio.gather(handle("success"), handle("failure_locked"))
+
+    success, locked = asyncio.run(serve())
+    assert exemplars(registry) == {
+        (LOGINS, (("outcome", "success"),)): (ids(success), 1.0),
+        (LOGINS, (("outcome", "failure_locked"),)): (ids(locked), 1.0),
+    }
 
 
 def test_a_child_of_an_unsampled_remote_parent_attaches_nothing(
