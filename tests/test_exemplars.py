@@ -342,6 +342,19 @@ def test_anything_put_in_the_context_as_the_span_attaches_nothing(
     assert metrics.account_deletions_total._value.get() == 1
 
 
+def test_a_context_with_values_but_no_span_attaches_nothing(
+    metrics: BusinessMetrics, registry: CollectorRegistry
+) -> None:
+    """A context that holds baggage or other values, but no span, attaches nothing."""
+    token = context.attach(context.set_value("tenant", "shop-1"))
+    try:
+        metrics.record_order_refunded()
+    finally:
+        context.detach(token)
+    assert exemplars(registry) == {}
+    assert samples(registry)[ORDERS, (("status", "refunded"),)] == 1
+
+
 @given(
     trace_id=st.one_of(st.integers(min_value=-1, max_value=2**129), st.just(2**128 - 1)),
     span_id=st.one_of(st.integers(min_value=-1, max_value=2**65), st.just(2**64 - 1)),

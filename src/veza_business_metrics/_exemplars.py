@@ -86,7 +86,10 @@ def inc(child: Counter, amount: int) -> None:
         child: The counter, or labelled child, that the record call increments.
         amount: The increment, already validated: the exemplar's value.
     """
-    span = _current_context().get(_span_key)
+    current = _current_context()
+    # Outside any request the context is OpenTelemetry's empty default one, which is
+    # cheaper to test than to search.
+    span = current.get(_span_key) if current else None
     if span is None:
         child.inc(amount)
         return
