@@ -45,12 +45,13 @@ def enable_trace_exemplars() -> None:
             cannot be imported. Nothing is enabled then.
     """
     global enabled, _current_context, _span_key, _span_type, _span_context_type  # noqa: PLW0603  # the recorders read these module attributes on every call
+    from contextvars import ContextVar  # noqa: PLC0415
+
     try:
         from opentelemetry import context, trace  # noqa: PLC0415
         from opentelemetry.context.contextvars_context import (  # noqa: PLC0415
             ContextVarsRuntimeContext,
         )
-        from opentelemetry.trace.propagation import _SPAN_KEY  # noqa: PLC0415
     except ImportError as error:
         message = (
             "enable_trace_exemplars() needs opentelemetry-api, which could not be imported"
@@ -58,13 +59,17 @@ def enable_trace_exemplars() -> None:
         )
         raise ModuleNotFoundError(message, name=error.name) from error
     runtime = context._RUNTIME_CONTEXT  # noqa: SLF001
+    variable = getattr(runtime, "_current_context", None)
     # OpenTelemetry's public get_current() costs three Python calls; the context variable
-    # that its default runtime context reads is one C call, on every recorded event.
-    if type(runtime) is ContextVarsRuntimeContext:
-        _current_context = runtime._current_context.get  # noqa: SLF001
+    # that its default runtime context reads is one C call, on every recorded event. Any
+    # other runtime context, or a release that renamed the variable, gets the public call.
+    if type(runtime) is ContextVarsRuntimeContext and type(variable) is ContextVar:
+        _current_context = variable.get
     else:
         _current_context = context.get_current
-    _span_key = _SPAN_KEY
+    # The key under which OpenTelemetry keeps the current span is private: a context that
+    # holds a span and nothing else shows it through the public API.
+    (_span_key,) = trace.set_span_in_context(trace.INVALID_SPAN, context.Context())
     _span_type = trace.Span
     _span_context_type = trace.SpanContext
     enabled = True
