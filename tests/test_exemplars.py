@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import urllib.request
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -206,6 +208,47 @@ def test_disabling_keeps_the_exemplars_already_attached(
     with tracer.start_as_current_span("after"):
         metrics.record_order_completed()
     assert exemplars(registry) == {(ORDERS, (("status", "completed"),)): (ids(before), 1.0)}
+
+
+def test_enabling_rewires_the_recorders_created_before(tracer: Tracer) -> None:
+    """Recorders created while disabled, their revenue children cached, attach once enabled."""
+    disable_trace_exemplars()
+    registry = CollectorRegistry()
+    metrics = BusinessMetrics(registry)
+    metrics.record_revenue(100, "EUR")
+    metrics.record_refund(100, "EUR")
+    enable_trace_exemplars()
+    with tracer.start_as_current_span("request") as span:
+        metrics.record_revenue(1999, "EUR")
+        metrics.record_refund(500, "EUR")
+        metrics.record_account_deletion()
+    assert exemplars(registry) == {
+        (REVENUE, (("currency", "EUR"),)): (ids(span), 1999.0),
+        (REVENUE, (("currency", "EUR-refund"),)): (ids(span), 500.0),
+        (DELETIONS, ()): (ids(span), 1.0),
+    }
+
+
+def test_disabling_rewires_the_revenue_children_cached_while_enabled(
+    tracer: Tracer, metrics: BusinessMetrics, registry: CollectorRegistry
+) -> None:
+    """A revenue child cached while enabled attaches nothing once disabled."""
+    with tracer.start_as_current_span("before") as before:
+        metrics.record_revenue(1999, "EUR")
+    disable_trace_exemplars()
+    with tracer.start_as_current_span("after"):
+        metrics.record_revenue(1999, "EUR")
+    assert exemplars(registry) == {(REVENUE, (("currency", "EUR"),)): (ids(before), 1999.0)}
+    assert samples(registry)[REVENUE, (("currency", "EUR"),)] == 3998
+
+
+def test_the_exemplar_switch_keeps_no_recorder_alive() -> None:
+    """A recorder that nothing else references is freed, exemplars enabled or not."""
+    metrics = BusinessMetrics(CollectorRegistry())
+    reference = weakref.ref(metrics)
+    del metrics
+    gc.collect()
+    assert reference() is None
 
 
 def test_enabling_twice_is_the_same_as_once(

@@ -1,12 +1,15 @@
 """Trace exemplars: the current OpenTelemetry span's ids on each increment, once enabled.
 
 Nothing here imports OpenTelemetry until ``enable_trace_exemplars()`` runs, so that
-``import veza_business_metrics`` stays as cheap without the extra as with it. While
-exemplars are disabled, the recorders read ``enabled`` and nothing else.
+``import veza_business_metrics`` stays as cheap without the extra as with it. Enabling
+and disabling rewire every recorder's cached children, wrapped in ``Traced`` or not, so
+that the record path checks nothing while exemplars are disabled.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import TYPE_CHECKING, Final, cast
 
 if TYPE_CHECKING:
@@ -21,10 +24,15 @@ _TRACE_ID_LIMIT: Final = 2**128
 _SPAN_ID_LIMIT: Final = 2**64
 _SAMPLED: Final = 0x01
 
-# The recorders' one check on the record path; False until exemplars are enabled.
+# Whether exemplars are enabled; the recorders read it only to cache a new child.
 enabled = False
+# Held while enabled changes and the recorders are rewired, so that a recorder created
+# meanwhile is wired as the flag ends up.
+_lock = threading.Lock()
+# Each recorder's method that rewires its children, kept while the recorder lives.
+_wirings: set[weakref.WeakMethod[Callable[..., None]]] = set()
 # Set on the first enable_trace_exemplars(), and kept after a disable, so that a call
-# that read enabled just before the disable still finds them.
+# that took a Traced child just before the disable still finds them.
 _current_context: Callable[[], Mapping[str, object]]
 _span_key: str
 _span_type: type
@@ -44,7 +52,7 @@ def enable_trace_exemplars() -> None:
         ModuleNotFoundError: If ``opentelemetry-api``, which the ``otel`` extra installs,
             cannot be imported. Nothing is enabled then.
     """
-    global enabled, _current_context, _span_key, _span_type, _span_context_type  # noqa: PLW0603  # the recorders read these module attributes on every call
+    global _current_context, _span_key, _span_type, _span_context_type  # noqa: PLW0603  # Traced reads them on every call
     from contextvars import ContextVar  # noqa: PLC0415
 
     try:
@@ -72,7 +80,7 @@ def enable_trace_exemplars() -> None:
     (_span_key,) = trace.set_span_in_context(trace.INVALID_SPAN, context.Context())
     _span_type = trace.Span
     _span_context_type = trace.SpanContext
-    enabled = True
+    _set(traced=True)
 
 
 def disable_trace_exemplars() -> None:
@@ -80,29 +88,59 @@ def disable_trace_exemplars() -> None:
 
     The exemplars already attached stay on their series until a newer one replaces them.
     """
-    global enabled  # noqa: PLW0603  # the recorders read this module attribute on every call
-    enabled = False
+    _set(traced=False)
 
 
-def inc(child: Counter, amount: int) -> None:
-    """Add ``amount`` to ``child``, with the current sampled span's ids as its exemplar.
+def register(wire: Callable[..., None]) -> None:
+    """Call ``wire(traced=...)`` now and whenever exemplars are enabled or disabled.
 
     Args:
-        child: The counter, or labelled child, that the record call increments.
-        amount: The increment, already validated: the exemplar's value.
+        wire: A recorder's bound method that caches its children, wrapped in ``Traced``
+            when ``traced`` is true. Only a weak reference to it is kept.
     """
-    current = _current_context()
-    # Outside any request the context is OpenTelemetry's empty default one, which is
-    # cheaper to test than to search.
-    span = current.get(_span_key) if current else None
-    if span is None:
-        child.inc(amount)
-        return
-    exemplar = _exemplar(span)
-    if exemplar is None:
-        child.inc(amount)
-    else:
-        child.inc(amount, exemplar)
+    with _lock:
+        _wirings.add(weakref.WeakMethod(wire, _wirings.discard))
+        wire(traced=enabled)
+
+
+def _set(*, traced: bool) -> None:
+    global enabled  # noqa: PLW0603  # the recorders read it when they cache a new child
+    with _lock:
+        enabled = traced
+        # A recorder that another thread just dropped may be gone before its reference
+        # leaves the set: filter() skips it.
+        for wire in filter(None, [reference() for reference in list(_wirings)]):
+            wire(traced=traced)
+
+
+class Traced:
+    """Increment a counter's child with the current sampled span's ids as its exemplar.
+
+    Args:
+        child: The counter, or labelled child, that a record call increments.
+    """
+
+    __slots__ = ("_child",)
+
+    def __init__(self, child: Counter) -> None:
+        """Wrap ``child``."""
+        self._child = child
+
+    def inc(self, amount: float = 1) -> None:
+        """Add ``amount``, the exemplar's value, to the child; attach the span's ids if any.
+
+        Args:
+            amount: The increment, already validated.
+        """
+        current = _current_context()
+        # Outside any request the context is OpenTelemetry's empty default one, which is
+        # cheaper to test than to search.
+        span = current.get(_span_key) if current else None
+        exemplar = None if span is None else _exemplar(span)
+        if exemplar is None:
+            self._child.inc(amount)
+        else:
+            self._child.inc(amount, exemplar)
 
 
 def _exemplar(span: object) -> dict[str, str] | None:

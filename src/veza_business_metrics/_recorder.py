@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
     from veza_business_metrics._labels import LoginOutcomeValue, OrderStatusValue
 
+    # What the record path increments: a counter's child, or the same child through the
+    # wrapper that attaches trace exemplars while they are enabled.
+    Child = Counter | _exemplars.Traced
+
 REFUND_SUFFIX: Final = "-refund"
 # A sample value is a float64: past 2**53 whole cents stop being exact.
 MAX_AMOUNT_CENTS: Final = 2**53
@@ -207,8 +211,8 @@ def canonical_currency(currency: object) -> str:
 
 
 def _child_by_value(
-    children: dict[str, Counter], labels: type[LoginOutcome | OrderStatus], value: object
-) -> Counter:
+    children: dict[str, Child], labels: type[LoginOutcome | OrderStatus], value: object
+) -> Child:
     # Only a str subclass gets here with a valid value; its exact str copy is what counts.
     if issubclass(type(value), str):
         child = children.get(str.__str__(value))
@@ -227,11 +231,11 @@ class Recorder:
         account_deletions_total: The counter of account deletions.
     """
 
-    # Each helper reads _exemplars.enabled itself before it increments, rather than call a
-    # shared function, so that exemplars cost one attribute read while they are disabled.
     __slots__ = (
+        "__weakref__",
         "_completed",
         "_created",
+        "_deletions",
         "_failed",
         "_failure_2fa",
         "_failure_credentials",
@@ -240,8 +244,10 @@ class Recorder:
         "_failure_unverified",
         "_login_by_member",
         "_login_by_value",
+        "_logins",
         "_order_by_member",
         "_order_by_value",
+        "_orders",
         "_refund_children",
         "_refunded",
         "_revenue_children",
@@ -251,6 +257,24 @@ class Recorder:
         "orders_total",
         "revenue_cents_total",
     )
+    # The record path increments these, which _wire() sets.
+    _success: Child
+    _failure_credentials: Child
+    _failure_unverified: Child
+    _failure_locked: Child
+    _failure_2fa: Child
+    _failure_other: Child
+    _created: Child
+    _completed: Child
+    _refunded: Child
+    _failed: Child
+    _deletions: Child
+    _login_by_value: dict[str, Child]
+    _login_by_member: dict[str, Child]
+    _order_by_value: dict[str, Child]
+    _order_by_member: dict[str, Child]
+    _revenue_children: dict[str, Child]
+    _refund_children: dict[str, Child]
 
     def __init__(
         self,
@@ -266,17 +290,34 @@ class Recorder:
         self.account_deletions_total = account_deletions_total
         # Children are created up front so that every outcome and status is scraped
         # at 0 from the start: rate() and absent() then work before the first event.
+        self._logins = {o.value: self.logins_total.labels(o.value) for o in LoginOutcome}
+        self._orders = {s.value: self.orders_total.labels(s.value) for s in OrderStatus}
+        _exemplars.register(self._wire)
+
+    def _wire(self, *, traced: bool) -> None:
+        """Cache every child for the record path, wrapped to attach exemplars if ``traced``.
+
+        Enabling or disabling exemplars swaps the cached children rather than have each
+        call check whether they are enabled, so that disabled exemplars cost nothing.
+        Each attribute is replaced whole, so that a call in another thread meanwhile
+        increments a child either way.
+
+        Args:
+            traced: Whether trace exemplars are enabled.
+        """
+        wrap = _exemplars.Traced if traced else _plain
+        logins = {value: wrap(child) for value, child in self._logins.items()}
+        orders = {value: wrap(child) for value, child in self._orders.items()}
         # A member and a str each find their child in a dict of their own type, which
         # CPython searches fastest.
-        logins = {o.value: self.logins_total.labels(o.value) for o in LoginOutcome}
-        orders = {s.value: self.orders_total.labels(s.value) for s in OrderStatus}
         self._login_by_value = logins
         self._order_by_value = orders
-        self._login_by_member: dict[str, Counter] = {o: logins[o.value] for o in LoginOutcome}
-        self._order_by_member: dict[str, Counter] = {s: orders[s.value] for s in OrderStatus}
-        # Keyed by the caller's exact spelling ("eur", "EUR") once it was validated.
-        self._revenue_children: dict[str, Counter] = {}
-        self._refund_children: dict[str, Counter] = {}
+        self._login_by_member = {o: logins[o.value] for o in LoginOutcome}
+        self._order_by_member = {s: orders[s.value] for s in OrderStatus}
+        # Keyed by the caller's exact spelling ("eur", "EUR") once it was validated, and
+        # filled again by the next calls, with children wrapped or not as they find them.
+        self._revenue_children = {}
+        self._refund_children = {}
         self._success = logins[LoginOutcome.SUCCESS]
         self._failure_credentials = logins[LoginOutcome.FAILURE_CREDENTIALS]
         self._failure_unverified = logins[LoginOutcome.FAILURE_UNVERIFIED]
@@ -287,6 +328,7 @@ class Recorder:
         self._completed = orders[OrderStatus.COMPLETED]
         self._refunded = orders[OrderStatus.REFUNDED]
         self._failed = orders[OrderStatus.FAILED]
+        self._deletions = wrap(self.account_deletions_total)
 
     def record_login(self, outcome: LoginOutcome | LoginOutcomeValue) -> None:
         """Count one login attempt that ended with ``outcome``.
@@ -311,52 +353,31 @@ class Recorder:
                 child = _child_by_value(self._login_by_value, LoginOutcome, outcome)
         except KeyError:
             raise label_error(LoginOutcome, outcome) from None
-        if _exemplars.enabled:
-            _exemplars.inc(child, 1)
-        else:
-            child.inc()
+        child.inc()
 
     def record_login_success(self) -> None:
         """Count one successful login."""
-        if _exemplars.enabled:
-            _exemplars.inc(self._success, 1)
-        else:
-            self._success.inc()
+        self._success.inc()
 
     def record_login_failure_credentials(self) -> None:
         """Count one login refused for a wrong password or unknown user."""
-        if _exemplars.enabled:
-            _exemplars.inc(self._failure_credentials, 1)
-        else:
-            self._failure_credentials.inc()
+        self._failure_credentials.inc()
 
     def record_login_failure_unverified(self) -> None:
         """Count one login refused because the email address is not verified."""
-        if _exemplars.enabled:
-            _exemplars.inc(self._failure_unverified, 1)
-        else:
-            self._failure_unverified.inc()
+        self._failure_unverified.inc()
 
     def record_login_failure_locked(self) -> None:
         """Count one login refused because the account is locked."""
-        if _exemplars.enabled:
-            _exemplars.inc(self._failure_locked, 1)
-        else:
-            self._failure_locked.inc()
+        self._failure_locked.inc()
 
     def record_login_failure_2fa(self) -> None:
         """Count one login that failed its second factor."""
-        if _exemplars.enabled:
-            _exemplars.inc(self._failure_2fa, 1)
-        else:
-            self._failure_2fa.inc()
+        self._failure_2fa.inc()
 
     def record_login_failure_other(self) -> None:
         """Count one login that failed for any other reason."""
-        if _exemplars.enabled:
-            _exemplars.inc(self._failure_other, 1)
-        else:
-            self._failure_other.inc()
+        self._failure_other.inc()
 
     def record_order_event(self, status: OrderStatus | OrderStatusValue) -> None:
         """Count one marketplace order moving to ``status``.
@@ -378,38 +399,23 @@ class Recorder:
                 child = _child_by_value(self._order_by_value, OrderStatus, status)
         except KeyError:
             raise label_error(OrderStatus, status) from None
-        if _exemplars.enabled:
-            _exemplars.inc(child, 1)
-        else:
-            child.inc()
+        child.inc()
 
     def record_order_created(self) -> None:
         """Count one order created."""
-        if _exemplars.enabled:
-            _exemplars.inc(self._created, 1)
-        else:
-            self._created.inc()
+        self._created.inc()
 
     def record_order_completed(self) -> None:
         """Count one order whose payment completed."""
-        if _exemplars.enabled:
-            _exemplars.inc(self._completed, 1)
-        else:
-            self._completed.inc()
+        self._completed.inc()
 
     def record_order_refunded(self) -> None:
         """Count one order refunded."""
-        if _exemplars.enabled:
-            _exemplars.inc(self._refunded, 1)
-        else:
-            self._refunded.inc()
+        self._refunded.inc()
 
     def record_order_failed(self) -> None:
         """Count one order whose payment the provider rejected."""
-        if _exemplars.enabled:
-            _exemplars.inc(self._failed, 1)
-        else:
-            self._failed.inc()
+        self._failed.inc()
 
     def record_revenue(self, amount_cents: int, currency: str) -> None:
         """Add revenue settled by the payment provider, in minor units of ``currency``.
@@ -440,10 +446,7 @@ class Recorder:
             except KeyError:
                 pass
             else:
-                if _exemplars.enabled:
-                    _exemplars.inc(child, amount_cents)
-                else:
-                    child.inc(amount_cents)
+                child.inc(amount_cents)
                 return
         self._add_money(self._revenue_children, amount_cents, currency, refund=False)
 
@@ -466,13 +469,10 @@ class Recorder:
 
     def record_account_deletion(self) -> None:
         """Count one account hard-deleted or erased under the GDPR."""
-        if _exemplars.enabled:
-            _exemplars.inc(self.account_deletions_total, 1)
-        else:
-            self.account_deletions_total.inc()
+        self._deletions.inc()
 
     def _add_money(
-        self, children: dict[str, Counter], amount_cents: int, currency: str, *, refund: bool
+        self, children: dict[str, Child], amount_cents: int, currency: str, *, refund: bool
     ) -> None:
         code = canonical_currency(currency)
         amount = _checked_amount(amount_cents, code, refund=refund)
@@ -484,8 +484,14 @@ class Recorder:
         child = children.get(spelling)
         if child is None:
             label = code + REFUND_SUFFIX if refund else code
-            child = children[spelling] = self.revenue_cents_total.labels(label)
-        if _exemplars.enabled:
-            _exemplars.inc(child, amount)
-        else:
-            child.inc(amount)
+            child = self.revenue_cents_total.labels(label)
+            # _wire() empties these caches when exemplars are enabled or disabled, after
+            # the flag changed: a child cached from here on is wrapped as the flag says.
+            if _exemplars.enabled:
+                child = _exemplars.Traced(child)
+            children[spelling] = child
+        child.inc(amount)
+
+
+def _plain(child: Counter) -> Counter:
+    return child
