@@ -135,12 +135,14 @@ class Traced:
         current = _current_context()
         # Outside any request the context is OpenTelemetry's empty default one, which is
         # cheaper to test than to search.
-        span = current.get(_span_key) if current else None
-        exemplar = None if span is None else _exemplar(span)
-        if exemplar is None:
-            self._child.inc(amount)
-        else:
-            self._child.inc(amount, exemplar)
+        if current:
+            span = current.get(_span_key)
+            if span is not None:
+                exemplar = _exemplar(span)
+                if exemplar is not None:
+                    self._child.inc(amount, exemplar)
+                    return
+        self._child.inc(amount)
 
 
 def _exemplar(span: object) -> dict[str, str] | None:
