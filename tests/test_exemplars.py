@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 import urllib.request
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -249,6 +250,47 @@ def test_the_exemplar_switch_keeps_no_recorder_alive() -> None:
     del metrics
     gc.collect()
     assert reference() is None
+
+
+def test_switching_while_threads_record_loses_no_count(tracer: Tracer) -> None:
+    """Enabling and disabling while threads record leaves every total exact."""
+    registry = CollectorRegistry()
+    metrics = BusinessMetrics(registry)
+    calls, threads = 2000, 4
+    stop = threading.Event()
+
+    def record() -> None:
+        with tracer.start_as_current_span("request"):
+            for _ in range(calls):
+                metrics.record_login_success()
+                metrics.record_revenue(3, "EUR")
+                metrics.record_refund(2, "eur")
+
+    switches: list[None] = []
+
+    def switch() -> None:
+        while not stop.is_set():
+            disable_trace_exemplars()
+            enable_trace_exemplars()
+            switches.append(None)
+
+    switcher = threading.Thread(target=switch)
+    recorders = [threading.Thread(target=record) for _ in range(threads)]
+    switcher.start()
+    try:
+        for thread in recorders:
+            thread.start()
+        for thread in recorders:
+            thread.join(timeout=60)
+    finally:
+        stop.set()
+        switcher.join(timeout=60)
+    assert not any(thread.is_alive() for thread in [switcher, *recorders])
+    assert switches
+    series = samples(registry)
+    assert series[LOGINS, (("outcome", "success"),)] == calls * threads
+    assert series[REVENUE, (("currency", "EUR"),)] == 3 * calls * threads
+    assert series[REVENUE, (("currency", "EUR-refund"),)] == 2 * calls * threads
 
 
 def test_enabling_twice_is_the_same_as_once(
