@@ -40,6 +40,7 @@ from veza_business_metrics import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
     from opentelemetry.trace import Tracer
 
@@ -565,6 +566,39 @@ def test_without_the_extra_enabling_raises_names_it_and_enables_nothing(
         metrics.record_login_success()
     assert exemplars(registry) == {}
     assert samples(registry)[LOGINS, (("outcome", "success"),)] == 1
+
+
+def test_in_multiprocess_mode_enabled_exemplars_count_exactly_and_serve_none(
+    run_python: Callable[..., str], tmp_path: Path
+) -> None:
+    """In prometheus_client's multiprocess mode, a traced call counts as before, unexemplared."""
+    program = """
+import sys
+
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.exposition import generate_latest
+import veza_business_metrics as business
+from veza_business_metrics.multiprocess import MultiProcessCollector
+
+business.enable_trace_exemplars()
+with TracerProvider().get_tracer("worker").start_as_current_span("request"):
+    business.record_revenue(1999, "EUR")
+    business.record_login_success()
+registry = CollectorRegistry()
+MultiProcessCollector(registry)
+sys.stdout.write(generate_latest(registry).decode())
+"""
+    served = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample
+        for family in text_string_to_metric_families(  # type: ignore[no-untyped-call]
+            run_python(program, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+        )
+        for sample in family.samples
+    }
+    assert served[REVENUE, (("currency", "EUR"),)].value == 1999
+    assert served[LOGINS, (("outcome", "success"),)].value == 1
+    assert [sample for sample in served.values() if sample.exemplar is not None] == []
 
 
 def test_importing_the_package_does_not_import_opentelemetry(
