@@ -386,7 +386,7 @@ def test_a_child_of_an_unsampled_remote_parent_attaches_nothing(
         SpanContext(1.5, 1, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)),  # type: ignore[arg-type]
         SpanContext(True, 1, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)),  # noqa: FBT003
         SpanContext(1, 1, is_remote=True, trace_flags="01"),  # type: ignore[arg-type]
-        SpanContext(1, 1, is_remote=True, trace_flags=TraceFlags(TraceFlags.RANDOM_TRACE_ID)),
+        SpanContext(1, 1, is_remote=True, trace_flags=TraceFlags(0x02)),
         "not a span context",
         None,
     ],
