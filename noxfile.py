@@ -235,7 +235,8 @@ def wheel(session: nox.Session) -> None:
     if missing:
         session.error(f"the wheel lacks {', '.join(missing)}")
     # What `pip install veza-business-metrics` gives, without extras or test tools: the
-    # commands work, and a config with matchers asks for the rules extra.
+    # commands work, a config with matchers asks for the rules extra, and exemplars ask
+    # for the otel extra.
     session.install("--force-reinstall", "--no-deps", str(built_wheel()))
     for command in ["--version", "rules", "dashboard"]:
         session.run("python", "-m", "veza_business_metrics", command, silent=True)
@@ -248,6 +249,13 @@ def wheel(session: nox.Session) -> None:
     )
     if "install veza-business-metrics[rules]" not in str(refusal):
         session.error(f"without the rules extra, a matcher gave {refusal!r}")
+    refusal = session.run(
+        *("python", "-c", "import veza_business_metrics as b; b.enable_trace_exemplars()"),
+        success_codes=[1],
+        silent=True,
+    )
+    if "install veza-business-metrics[otel]" not in str(refusal):
+        session.error(f"without the otel extra, enabling exemplars gave {refusal!r}")
 
 
 @nox.session(requires=["wheel"])

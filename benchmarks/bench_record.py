@@ -7,15 +7,21 @@ All cases run interleaved in one process: every round times each case once, and 
 case's ratio is the median over rounds of (case - empty loop) / (baseline - empty loop),
 so drift in CPU frequency or load hits the case and its baseline alike.
 
-The same cases run again in a child process in prometheus_client's multiprocess mode, on
+The helpers on the hot paths are timed three ways: with trace exemplars disabled, as
+every case is unless it says otherwise; enabled outside any span; and enabled inside a
+sampled span, which attaches an exemplar on every call. The last two need
+opentelemetry-api (the ``otel`` extra); without it they are left out, and said to be.
+
+Every case runs again in a child process in prometheus_client's multiprocess mode, on
 the default registry (the only one that mode allows) and a directory on a tmpfs, where
-each ``inc()`` writes to a memory-mapped file: that column's baseline is a bare
-``child.inc()`` in multiprocess mode too.
+each ``inc()`` writes to a memory-mapped file, and each exemplar to the library's own
+exemplar file: that column's baseline is a bare ``child.inc()`` in multiprocess mode too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -24,10 +30,32 @@ import sys
 import tempfile
 import timeit
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry
 
-from veza_business_metrics import BusinessMetrics, LoginOutcome, OrderStatus
+from veza_business_metrics import (
+    BusinessMetrics,
+    LoginOutcome,
+    OrderStatus,
+    disable_trace_exemplars,
+    enable_trace_exemplars,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+try:
+    from opentelemetry import trace
+except ImportError:
+    HAS_OTEL = False
+else:
+    HAS_OTEL = True
+
+Mode = Literal["disabled", "enabled", "span"]
+# What each mode adds to a ratio's target; None: no target, only the figure.
+MODE_TARGET_ADDS: dict[Mode, float | None] = {"disabled": 0.0, "enabled": 0.10, "span": None}
+MODE_LABELS: dict[Mode, str] = {"disabled": "", "enabled": " [no span]", "span": " [span]"}
 
 IMPORT_PROBE = """
 import time, prometheus_client
@@ -96,27 +124,79 @@ CASES = [
         None,
     ),
 ]
+# The hot paths, timed again with exemplars enabled, outside and inside a sampled span.
+EXEMPLAR_CASES = [
+    case
+    for case in CASES
+    if case[0]
+    in {
+        "record_login_success()",
+        "record_account_deletion()",
+        "record_login('success')",
+        "record_order_event(OrderStatus.X)",
+        "record_revenue(1999, 'EUR')",
+    }
+]
 
 
-def measure_ratios(rounds: int, number: int) -> list[tuple[str, float, float, float | None]]:
-    """Return (label, ratio, nanoseconds per call, target) for every case."""
+@contextlib.contextmanager
+def exemplars(mode: Mode) -> Iterator[None]:
+    """Run the block with exemplars as ``mode`` says, and disabled again after it."""
+    if mode == "disabled":
+        yield
+        return
+    enable_trace_exemplars()
+    try:
+        if mode == "enabled":
+            yield
+        else:
+            # What a sampled span of the SDK gives the lookup: a valid, sampled context.
+            sampled = trace.SpanContext(
+                0x0AF7651916CD43DD8448EB211C80319C,
+                0xB7AD6B7169203331,
+                is_remote=False,
+                trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+            )
+            with trace.use_span(trace.NonRecordingSpan(sampled)):
+                yield
+    finally:
+        disable_trace_exemplars()
+
+
+def measure_ratios(
+    rounds: int, number: int, modes: tuple[Mode, ...]
+) -> list[tuple[str, float, float, float | None]]:
+    """Return (label, ratio, nanoseconds per call, target) for every case in every mode."""
     namespace = _namespace()
-    statements = {"pass"} | {case[1] for case in CASES} | {case[2] for case in CASES}
-    timers = {s: timeit.Timer(s, globals=namespace) for s in statements}
-    samples: dict[str, list[float]] = {s: [] for s in statements}
+    runs: list[tuple[str, str, str, float | None, Mode]] = [(*case, "disabled") for case in CASES]
+    runs += [(*case, mode) for mode in modes if mode != "disabled" for case in EXEMPLAR_CASES]
+    # Every baseline and the empty loop read no exemplar state: they are timed disabled.
+    disabled: Mode = "disabled"
+    timed = {("pass", disabled)} | {(run[1], run[4]) for run in runs}
+    timed |= {(run[2], disabled) for run in runs}
+    timers = {key: timeit.Timer(key[0], globals=namespace) for key in sorted(timed)}
+    samples: dict[tuple[str, Mode], list[float]] = {key: [] for key in timers}
     for _ in range(rounds):
-        for statement, timer in timers.items():
-            samples[statement].append(timer.timeit(number) / number)
+        for (statement, mode), timer in timers.items():
+            with exemplars(mode):
+                samples[statement, mode].append(timer.timeit(number) / number)
     results = []
-    for label, statement, baseline, target in CASES:
+    for label, statement, baseline, target, mode in runs:
         ratios = [
             (case - empty) / (base - empty)
             for case, base, empty in zip(
-                samples[statement], samples[baseline], samples["pass"], strict=True
+                samples[statement, mode],
+                samples[baseline, "disabled"],
+                samples["pass", "disabled"],
+                strict=True,
             )
         ]
-        nanoseconds = statistics.median(samples[statement]) * 1e9
-        results.append((label, statistics.median(ratios), nanoseconds, target))
+        nanoseconds = statistics.median(samples[statement, mode]) * 1e9
+        add = MODE_TARGET_ADDS[mode]
+        shown_target = None if target is None or add is None else target + add
+        results.append(
+            (label + MODE_LABELS[mode], statistics.median(ratios), nanoseconds, shown_target)
+        )
     return results
 
 
@@ -134,13 +214,14 @@ def measure_import_ms(runs: int) -> float:
     return statistics.median(seconds) * 1e3
 
 
-def measure_multiprocess_ratios(rounds: int, number: int) -> list[float]:
+def measure_multiprocess_ratios(rounds: int, number: int, modes: tuple[Mode, ...]) -> list[float]:
     """Return each case's ratio measured in a child process in multiprocess mode."""
     shm = Path("/dev/shm")  # noqa: S108
     with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None) as directory:
         environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory}
         command = [sys.executable, __file__, "--json", "--rounds", str(rounds)]
-        output = subprocess.check_output([*command, "--number", str(number)], env=environment)
+        command += ["--number", str(number), "--modes", ",".join(modes)]
+        output = subprocess.check_output(command, env=environment)
     ratios: list[float] = json.loads(output)
     return ratios
 
@@ -152,13 +233,20 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=50_000, help="calls per case per round")
     parser.add_argument("--import-runs", type=int, default=21, help="fresh interpreters")
     parser.add_argument("--json", action="store_true", help="print only the ratios, as JSON")
+    parser.add_argument("--modes", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    results = measure_ratios(args.rounds, args.number)
+
+    modes: tuple[Mode, ...] = ("disabled", "enabled", "span")
+    if args.modes is not None:
+        modes = tuple(mode for mode in modes if mode in args.modes.split(","))
+    elif not HAS_OTEL:
+        modes = ("disabled",)
+        print("opentelemetry-api is not installed: the exemplar cases are left out")
+    results = measure_ratios(args.rounds, args.number, modes)
     if args.json:
         print(json.dumps([ratio for _, ratio, _, _ in results]))
         return
-    multiprocess = measure_multiprocess_ratios(args.rounds, args.number)
-
+    multiprocess = measure_multiprocess_ratios(args.rounds, args.number, modes)
     print(f"{'case':44} {'ns/call':>8} {'ratio':>6} {'target':>7}    {'multiprocess':>12}")
     for (label, ratio, nanoseconds, target), other in zip(results, multiprocess, strict=True):
         verdict = "" if target is None else ("ok" if ratio <= target else "OVER")

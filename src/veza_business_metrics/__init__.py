@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING
 
 from veza_business_metrics._errors import InvalidAmountError, InvalidLabelError, MultiprocessError
+from veza_business_metrics._exemplars import disable_trace_exemplars, enable_trace_exemplars
 from veza_business_metrics._labels import LoginOutcome, OrderStatus
 from veza_business_metrics._money import to_minor_units
 from veza_business_metrics.metrics import (
@@ -34,6 +35,8 @@ __all__ = [
     "MultiprocessError",
     "OrderStatus",
     "__version__",
+    "disable_trace_exemplars",
+    "enable_trace_exemplars",
     "record_account_deletion",
     "record_login",
     "record_login_failure_2fa",

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from prometheus_client import REGISTRY, Counter, values
 
+from veza_business_metrics import _exemplars
 from veza_business_metrics._currencies import MINOR_UNITS, NO_MINOR_UNIT
 from veza_business_metrics._errors import (
     InvalidAmountError,
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
     from veza_business_metrics._labels import LoginOutcomeValue, OrderStatusValue
+
+    # What the record path increments: a counter's child, or the same child through the
+    # wrapper that attaches trace exemplars while they are enabled.
+    Child = Counter | _exemplars.Traced
 
 REFUND_SUFFIX: Final = "-refund"
 # A sample value is a float64: past 2**53 whole cents stop being exact.
@@ -206,8 +211,8 @@ def canonical_currency(currency: object) -> str:
 
 
 def _child_by_value(
-    children: dict[str, Counter], labels: type[LoginOutcome | OrderStatus], value: object
-) -> Counter:
+    children: dict[str, Child], labels: type[LoginOutcome | OrderStatus], value: object
+) -> Child:
     # Only a str subclass gets here with a valid value; its exact str copy is what counts.
     if issubclass(type(value), str):
         child = children.get(str.__str__(value))
@@ -227,8 +232,10 @@ class Recorder:
     """
 
     __slots__ = (
+        "__weakref__",
         "_completed",
         "_created",
+        "_deletions",
         "_failed",
         "_failure_2fa",
         "_failure_credentials",
@@ -237,8 +244,10 @@ class Recorder:
         "_failure_unverified",
         "_login_by_member",
         "_login_by_value",
+        "_logins",
         "_order_by_member",
         "_order_by_value",
+        "_orders",
         "_refund_children",
         "_refunded",
         "_revenue_children",
@@ -248,6 +257,24 @@ class Recorder:
         "orders_total",
         "revenue_cents_total",
     )
+    # The record path increments these, which _wire() sets.
+    _success: Child
+    _failure_credentials: Child
+    _failure_unverified: Child
+    _failure_locked: Child
+    _failure_2fa: Child
+    _failure_other: Child
+    _created: Child
+    _completed: Child
+    _refunded: Child
+    _failed: Child
+    _deletions: Child
+    _login_by_value: dict[str, Child]
+    _login_by_member: dict[str, Child]
+    _order_by_value: dict[str, Child]
+    _order_by_member: dict[str, Child]
+    _revenue_children: dict[str, Child]
+    _refund_children: dict[str, Child]
 
     def __init__(
         self,
@@ -263,17 +290,34 @@ class Recorder:
         self.account_deletions_total = account_deletions_total
         # Children are created up front so that every outcome and status is scraped
         # at 0 from the start: rate() and absent() then work before the first event.
+        self._logins = {o.value: self.logins_total.labels(o.value) for o in LoginOutcome}
+        self._orders = {s.value: self.orders_total.labels(s.value) for s in OrderStatus}
+        _exemplars.register(self._wire)
+
+    def _wire(self, *, traced: bool) -> None:
+        """Cache every child for the record path, wrapped to attach exemplars if ``traced``.
+
+        Enabling or disabling exemplars swaps the cached children rather than have each
+        call check whether they are enabled, so that disabled exemplars cost nothing.
+        Each attribute is replaced whole, so that a call in another thread meanwhile
+        increments a child either way.
+
+        Args:
+            traced: Whether trace exemplars are enabled.
+        """
+        wrap = _exemplars.Traced if traced else _plain
+        logins = {value: wrap(child) for value, child in self._logins.items()}
+        orders = {value: wrap(child) for value, child in self._orders.items()}
         # A member and a str each find their child in a dict of their own type, which
         # CPython searches fastest.
-        logins = {o.value: self.logins_total.labels(o.value) for o in LoginOutcome}
-        orders = {s.value: self.orders_total.labels(s.value) for s in OrderStatus}
         self._login_by_value = logins
         self._order_by_value = orders
-        self._login_by_member: dict[str, Counter] = {o: logins[o.value] for o in LoginOutcome}
-        self._order_by_member: dict[str, Counter] = {s: orders[s.value] for s in OrderStatus}
-        # Keyed by the caller's exact spelling ("eur", "EUR") once it was validated.
-        self._revenue_children: dict[str, Counter] = {}
-        self._refund_children: dict[str, Counter] = {}
+        self._login_by_member = {o: logins[o.value] for o in LoginOutcome}
+        self._order_by_member = {s: orders[s.value] for s in OrderStatus}
+        # Keyed by the caller's exact spelling ("eur", "EUR") once it was validated, and
+        # filled again by the next calls, with children wrapped or not as they find them.
+        self._revenue_children = {}
+        self._refund_children = {}
         self._success = logins[LoginOutcome.SUCCESS]
         self._failure_credentials = logins[LoginOutcome.FAILURE_CREDENTIALS]
         self._failure_unverified = logins[LoginOutcome.FAILURE_UNVERIFIED]
@@ -284,6 +328,7 @@ class Recorder:
         self._completed = orders[OrderStatus.COMPLETED]
         self._refunded = orders[OrderStatus.REFUNDED]
         self._failed = orders[OrderStatus.FAILED]
+        self._deletions = wrap(self.account_deletions_total)
 
     def record_login(self, outcome: LoginOutcome | LoginOutcomeValue) -> None:
         """Count one login attempt that ended with ``outcome``.
@@ -424,10 +469,10 @@ class Recorder:
 
     def record_account_deletion(self) -> None:
         """Count one account hard-deleted or erased under the GDPR."""
-        self.account_deletions_total.inc()
+        self._deletions.inc()
 
     def _add_money(
-        self, children: dict[str, Counter], amount_cents: int, currency: str, *, refund: bool
+        self, children: dict[str, Child], amount_cents: int, currency: str, *, refund: bool
     ) -> None:
         code = canonical_currency(currency)
         amount = _checked_amount(amount_cents, code, refund=refund)
@@ -439,5 +484,14 @@ class Recorder:
         child = children.get(spelling)
         if child is None:
             label = code + REFUND_SUFFIX if refund else code
-            child = children[spelling] = self.revenue_cents_total.labels(label)
+            child = self.revenue_cents_total.labels(label)
+            # _wire() empties these caches when exemplars are enabled or disabled, after
+            # the flag changed: a child cached from here on is wrapped as the flag says.
+            if _exemplars.enabled:
+                child = _exemplars.Traced(child)
+            children[spelling] = child
         child.inc(amount)
+
+
+def _plain(child: Counter) -> Counter:
+    return child

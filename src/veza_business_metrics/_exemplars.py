@@ -1,0 +1,170 @@
+"""Trace exemplars: the current OpenTelemetry span's ids on each increment, once enabled.
+
+Nothing here imports OpenTelemetry until ``enable_trace_exemplars()`` runs, so that
+``import veza_business_metrics`` stays as cheap without the extra as with it. Enabling
+and disabling rewire every recorder's cached children, wrapped in ``Traced`` or not, so
+that the record path checks nothing while exemplars are disabled.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import TYPE_CHECKING, Final, cast
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from opentelemetry.trace import Span
+    from prometheus_client import Counter
+
+EXTRA: Final = "veza-business-metrics[otel]"
+# W3C trace context: a trace id is 16 bytes, a span id 8, and all zeros is invalid.
+_TRACE_ID_LIMIT: Final = 2**128
+_SPAN_ID_LIMIT: Final = 2**64
+_SAMPLED: Final = 0x01
+
+# Whether exemplars are enabled; the recorders read it only to cache a new child.
+enabled = False
+# Held while enabled changes and the recorders are rewired, so that a recorder created
+# meanwhile is wired as the flag ends up.
+_lock = threading.Lock()
+# Each recorder's method that rewires its children, kept while the recorder lives.
+_wirings: set[weakref.WeakMethod[Callable[..., None]]] = set()
+# Set on the first enable_trace_exemplars(), and kept after a disable, so that a call
+# that took a Traced child just before the disable still finds them.
+_current_context: Callable[[], Mapping[str, object]]
+_span_key: str
+_span_type: type
+_span_context_type: type
+
+
+def enable_trace_exemplars() -> None:
+    """Attach the current sampled OpenTelemetry span's ids to every increment from now on.
+
+    Each ``record_*`` call made inside a sampled span with a valid context then gives the
+    series it increments the exemplar ``{"trace_id": ..., "span_id": ...}`` (lower-case
+    hex, 32 and 16 characters), with the increment as its value. prometheus_client serves
+    it in the OpenMetrics format, to scrapers that ask for that format. Calling it again
+    changes nothing.
+
+    Raises:
+        ModuleNotFoundError: If ``opentelemetry-api``, which the ``otel`` extra installs,
+            cannot be imported. Nothing is enabled then.
+    """
+    global _current_context, _span_key, _span_type, _span_context_type  # noqa: PLW0603  # Traced reads them on every call
+    from contextvars import ContextVar  # noqa: PLC0415
+
+    try:
+        from opentelemetry import context, trace  # noqa: PLC0415
+        from opentelemetry.context.contextvars_context import (  # noqa: PLC0415
+            ContextVarsRuntimeContext,
+        )
+    except ImportError as error:
+        message = (
+            "enable_trace_exemplars() needs opentelemetry-api, which could not be imported"
+            f" ({error}); install {EXTRA}"
+        )
+        raise ModuleNotFoundError(message, name=error.name) from error
+    runtime = context._RUNTIME_CONTEXT  # noqa: SLF001
+    variable = getattr(runtime, "_current_context", None)
+    # OpenTelemetry's public get_current() costs three Python calls; the context variable
+    # that its default runtime context reads is one C call, on every recorded event. Any
+    # other runtime context, or a release that renamed the variable, gets the public call.
+    if type(runtime) is ContextVarsRuntimeContext and type(variable) is ContextVar:
+        _current_context = variable.get
+    else:
+        _current_context = context.get_current
+    # The key under which OpenTelemetry keeps the current span is private: a context that
+    # holds a span and nothing else shows it through the public API.
+    (_span_key,) = trace.set_span_in_context(trace.INVALID_SPAN, context.Context())
+    _span_type = trace.Span
+    _span_context_type = trace.SpanContext
+    _set(traced=True)
+
+
+def disable_trace_exemplars() -> None:
+    """Stop attaching exemplars; each later increment costs what it did before enabling.
+
+    The exemplars already attached stay on their series until a newer one replaces them.
+    """
+    _set(traced=False)
+
+
+def register(wire: Callable[..., None]) -> None:
+    """Call ``wire(traced=...)`` now and whenever exemplars are enabled or disabled.
+
+    Args:
+        wire: A recorder's bound method that caches its children, wrapped in ``Traced``
+            when ``traced`` is true. Only a weak reference to it is kept.
+    """
+    with _lock:
+        _wirings.add(weakref.WeakMethod(wire, _wirings.discard))
+        wire(traced=enabled)
+
+
+def _set(*, traced: bool) -> None:
+    global enabled  # noqa: PLW0603  # the recorders read it when they cache a new child
+    with _lock:
+        enabled = traced
+        # A recorder that another thread just dropped may be gone before its reference
+        # leaves the set: filter() skips it.
+        for wire in filter(None, [reference() for reference in list(_wirings)]):
+            wire(traced=traced)
+
+
+class Traced:
+    """Increment a counter's child with the current sampled span's ids as its exemplar.
+
+    Args:
+        child: The counter, or labelled child, that a record call increments.
+    """
+
+    __slots__ = ("_child",)
+
+    def __init__(self, child: Counter) -> None:
+        """Wrap ``child``."""
+        self._child = child
+
+    def inc(self, amount: float = 1) -> None:
+        """Add ``amount``, the exemplar's value, to the child; attach the span's ids if any.
+
+        Args:
+            amount: The increment, already validated.
+        """
+        current = _current_context()
+        # Outside any request the context is OpenTelemetry's empty default one, which is
+        # cheaper to test than to search.
+        if current:
+            span = current.get(_span_key)
+            if span is not None:
+                exemplar = _exemplar(span)
+                if exemplar is not None:
+                    self._child.inc(amount, exemplar)
+                    return
+        self._child.inc(amount)
+
+
+def _exemplar(span: object) -> dict[str, str] | None:
+    # Anyone can put any object in a context, and a span's context may carry ids of any
+    # type or size: only exact ints in the W3C ranges are written, so that an exemplar is
+    # always 32 and 16 hex digits, within prometheus_client's 128-rune limit, and a
+    # recorded event never fails because of its span.
+    if not isinstance(span, _span_type):
+        return None
+    span_context = cast("Span", span).get_span_context()
+    if not isinstance(span_context, _span_context_type):
+        return None
+    trace_id: object = span_context.trace_id
+    span_id: object = span_context.span_id
+    flags: object = span_context.trace_flags
+    if (
+        type(trace_id) is int
+        and type(span_id) is int
+        and 0 < trace_id < _TRACE_ID_LIMIT
+        and 0 < span_id < _SPAN_ID_LIMIT
+        and issubclass(type(flags), int)
+        and int.__and__(cast("int", flags), _SAMPLED)
+    ):
+        return {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}"}
+    return None
