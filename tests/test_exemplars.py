@@ -568,10 +568,10 @@ def test_without_the_extra_enabling_raises_names_it_and_enables_nothing(
     assert samples(registry)[LOGINS, (("outcome", "success"),)] == 1
 
 
-def test_in_multiprocess_mode_enabled_exemplars_count_exactly_and_serve_none(
+def test_in_multiprocess_mode_a_traced_call_counts_exactly_and_serves_its_exemplar(
     run_python: Callable[..., str], tmp_path: Path
 ) -> None:
-    """In prometheus_client's multiprocess mode, a traced call counts as before, unexemplared."""
+    """In multiprocess mode, a traced call counts as before and the collector serves its ids."""
     program = """
 import sys
 
@@ -582,23 +582,35 @@ import veza_business_metrics as business
 from veza_business_metrics.multiprocess import MultiProcessCollector
 
 business.enable_trace_exemplars()
-with TracerProvider().get_tracer("worker").start_as_current_span("request"):
+with TracerProvider().get_tracer("worker").start_as_current_span("request") as span:
     business.record_revenue(1999, "EUR")
     business.record_login_success()
 registry = CollectorRegistry()
 MultiProcessCollector(registry)
+ids = span.get_span_context()
+sys.stdout.write(f"{ids.trace_id:032x} {ids.span_id:016x}\\n")
 sys.stdout.write(generate_latest(registry).decode())
 """
+    output = run_python(program, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    ids, _, exposition = output.partition("\n")
+    trace_id, span_id = ids.split()
     served = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample
-        for family in text_string_to_metric_families(  # type: ignore[no-untyped-call]
-            run_python(program, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
-        )
+        for family in text_string_to_metric_families(exposition)  # type: ignore[no-untyped-call]
         for sample in family.samples
     }
-    assert served[REVENUE, (("currency", "EUR"),)].value == 1999
-    assert served[LOGINS, (("outcome", "success"),)].value == 1
-    assert [sample for sample in served.values() if sample.exemplar is not None] == []
+    revenue = served[REVENUE, (("currency", "EUR"),)]
+    login = served[LOGINS, (("outcome", "success"),)]
+    assert (revenue.value, login.value) == (1999, 1)
+    assert revenue.exemplar.labels == login.exemplar.labels == {
+        "trace_id": trace_id,
+        "span_id": span_id,
+    }
+    assert (revenue.exemplar.value, login.exemplar.value) == (1999, 1)
+    assert [name for name, sample in served.items() if sample.exemplar is not None] == [
+        (LOGINS, (("outcome", "success"),)),
+        (REVENUE, (("currency", "EUR"),)),
+    ]
 
 
 def test_importing_the_package_does_not_import_opentelemetry(

@@ -9,8 +9,11 @@ that the record path checks nothing while exemplars are disabled.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Final, cast
+
+from prometheus_client.samples import Exemplar
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -113,18 +116,33 @@ def _set(*, traced: bool) -> None:
             wire(traced=traced)
 
 
+def traced(child: Counter) -> Traced:
+    """Return ``child`` wrapped to attach exemplars where prometheus_client keeps its values.
+
+    Args:
+        child: The counter, or labelled child, that a record call increments.
+    """
+    if getattr(child._value, "_multiprocess", False):  # noqa: SLF001
+        return TracedToFile(child)
+    return Traced(child)
+
+
 class Traced:
     """Increment a counter's child with the current sampled span's ids as its exemplar.
+
+    It calls the child's value, as ``Counter.inc()`` does once it has checked the
+    amount, which the record path validated already: so that, outside a span, enabled
+    exemplars cost a context lookup and no more calls than before.
 
     Args:
         child: The counter, or labelled child, that a record call increments.
     """
 
-    __slots__ = ("_child",)
+    __slots__ = ("_value",)
 
     def __init__(self, child: Counter) -> None:
         """Wrap ``child``."""
-        self._child = child
+        self._value = child._value  # noqa: SLF001
 
     def inc(self, amount: float = 1) -> None:
         """Add ``amount``, the exemplar's value, to the child; attach the span's ids if any.
@@ -132,22 +150,47 @@ class Traced:
         Args:
             amount: The increment, already validated.
         """
+        self._value.inc(amount)
         current = _current_context()
         # Outside any request the context is OpenTelemetry's empty default one, which is
         # cheaper to test than to search.
         if current:
             span = current.get(_span_key)
             if span is not None:
-                exemplar = _exemplar(span)
-                if exemplar is not None:
-                    self._child.inc(amount, exemplar)
-                    return
-        self._child.inc(amount)
+                ids = _ids(span)
+                if ids is not None:
+                    self._attach(amount, *ids)
+
+    def _attach(self, amount: float, trace_id: int, span_id: int) -> None:
+        labels = {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}"}
+        self._value.set_exemplar(Exemplar(labels, amount, time.time()))
 
 
-def _exemplar(span: object) -> dict[str, str] | None:
+class TracedToFile(Traced):
+    """Do what ``Traced`` does in multiprocess mode, where the exemplar goes to a file.
+
+    Args:
+        child: The counter, or labelled child, that a record call increments.
+    """
+
+    __slots__ = ("_key", "_write")
+
+    def __init__(self, child: Counter) -> None:
+        """Wrap ``child``, and name its series for the exemplar file."""
+        # Only multiprocess mode pays for importing the package that keeps the files.
+        from veza_business_metrics.multiprocess import _exemplars  # noqa: PLC0415
+
+        super().__init__(child)
+        self._key = _exemplars.key_of(child)
+        self._write = _exemplars.writer.write
+
+    def _attach(self, amount: float, trace_id: int, span_id: int) -> None:
+        self._write(self._key, amount, trace_id, span_id, time.time())
+
+
+def _ids(span: object) -> tuple[int, int] | None:
     # Anyone can put any object in a context, and a span's context may carry ids of any
-    # type or size: only exact ints in the W3C ranges are written, so that an exemplar is
+    # type or size: only exact ints in the W3C ranges are taken, so that an exemplar is
     # always 32 and 16 hex digits, within prometheus_client's 128-rune limit, and a
     # recorded event never fails because of its span.
     if not isinstance(span, _span_type):
@@ -166,5 +209,5 @@ def _exemplar(span: object) -> dict[str, str] | None:
         and issubclass(type(flags), int)
         and int.__and__(cast("int", flags), _SAMPLED)
     ):
-        return {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}"}
+        return trace_id, span_id
     return None

@@ -305,7 +305,7 @@ class Recorder:
         Args:
             traced: Whether trace exemplars are enabled.
         """
-        wrap = _exemplars.Traced if traced else _plain
+        wrap = _exemplars.traced if traced else _plain
         logins = {value: wrap(child) for value, child in self._logins.items()}
         orders = {value: wrap(child) for value, child in self._orders.items()}
         # A member and a str each find their child in a dict of their own type, which
@@ -488,7 +488,7 @@ class Recorder:
             # _wire() empties these caches when exemplars are enabled or disabled, after
             # the flag changed: a child cached from here on is wrapped as the flag says.
             if _exemplars.enabled:
-                child = _exemplars.Traced(child)
+                child = _exemplars.traced(child)
             children[spelling] = child
         child.inc(amount)
 

@@ -400,7 +400,7 @@ def clear(path: str | os.PathLike[str] | None = None) -> None:
     with _lock.server_lock(directory, alone=True):
         # A process that imported prometheus_client's metrics already wrote its zero
         # series, as a gunicorn master does with --preload: those files are this run's.
-        own = f"_{os.getpid()}.db"
+        own = (f"_{os.getpid()}.db", f"_{os.getpid()}.bin")
         for entry in os.scandir(directory):
             if (
                 _files.WRITTEN.fullmatch(entry.name)

@@ -10,6 +10,10 @@ additivity of counter, histogram and summary values per key; the live gauge mode
 ``live*``; and ``MultiProcessCollector``'s ``_read_metrics`` and ``_accumulate_metrics``,
 and its ``_path``, which the public face reads. It takes no lock: its callers hold the
 directory's.
+
+The exemplars, which prometheus_client does not keep in multiprocess mode, are in files
+of this library's own (``_exemplars``); the counter archive keeps those of merged
+processes, the newest of each series.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import uuid
 import zlib
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from prometheus_client import multiprocess as upstream
 from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Exemplar
 
 from veza_business_metrics._errors import MultiprocessError
+from veza_business_metrics.multiprocess import _exemplars
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -42,12 +48,21 @@ LIVE_GAUGE_FILE: Final = re.compile(r"gauge_live[a-z]+_\d+\.db")
 CLAIMED_FILE: Final = re.compile(r"(counter|histogram|summary)_(\d+)\.([0-9a-f]{32})\.merging")
 CLAIMED_GAUGE_FILE: Final = re.compile(r"gauge_live[a-z]+_(\d+)\.[0-9a-f]{32}\.merging")
 TEMPORARY_ARCHIVE: Final = re.compile(r"(counter|histogram|summary)_archive\.[0-9a-f]{32}\.tmp")
+EXEMPLAR_FILE: Final = re.compile(r"exemplars_(\d+)\.bin")
+CLAIMED_EXEMPLAR_FILE: Final = re.compile(r"exemplars_(\d+)\.([0-9a-f]{32})\.merging")
 # Every name that prometheus_client or this package writes and clear() may delete: never
 # another program's, since the directory may sit among others on a tmpfs.
 WRITTEN: Final = re.compile(
     "|".join(
         pattern.pattern
-        for pattern in (PROCESS_FILE, CLAIMED_FILE, CLAIMED_GAUGE_FILE, TEMPORARY_ARCHIVE)
+        for pattern in (
+            PROCESS_FILE,
+            CLAIMED_FILE,
+            CLAIMED_GAUGE_FILE,
+            TEMPORARY_ARCHIVE,
+            EXEMPLAR_FILE,
+            CLAIMED_EXEMPLAR_FILE,
+        )
     )
     + r"|(?:counter|histogram|summary)_archive\.db"
 )
@@ -94,7 +109,8 @@ def collect(directory: Path) -> Iterable[Metric]:
             names.append(file.name)
     metrics: dict[str, Metric] = upstream.MultiProcessCollector._read_metrics(gauges)  # type: ignore[no-untyped-call]  # noqa: SLF001
     samples: dict[tuple[str, str, str, tuple[tuple[str, str], ...]], list[float]] = {}
-    for (kind, key), parts in _additive_values(directory, names).items():
+    values, exemplars = _additive_values(directory, names)
+    for (kind, key), parts in values.items():
         metric_name, name, labels, help_text = json.loads(key)
         if metric_name not in metrics:
             metrics[metric_name] = Metric(metric_name, help_text, kind)
@@ -104,7 +120,43 @@ def collect(directory: Path) -> Iterable[Metric]:
     for (metric_name, _, name, labels), parts in samples.items():
         metrics[metric_name].add_sample(name, labels, exact_sum(parts))  # type: ignore[arg-type]
     families: Iterable[Metric] = upstream.MultiProcessCollector._accumulate_metrics(metrics, True)  # type: ignore[no-untyped-call]  # noqa: FBT003, SLF001
+    if exemplars:
+        _attach(families, exemplars)
     return families
+
+
+def _attach(families: Iterable[Metric], exemplars: dict[str, _exemplars.Stored]) -> None:
+    """Give each sample that has an exemplar in ``exemplars`` the newest one."""
+    by_sample: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Exemplar]] = {}
+    for key, stored in exemplars.items():
+        try:
+            metric_name, name, labels = json.loads(key)
+            series = (name, tuple(sorted(labels.items())))
+        except (ValueError, TypeError, AttributeError):  # a key no release of ours wrote
+            continue
+        labelled = {"trace_id": f"{stored.trace_id:032x}", "span_id": f"{stored.span_id:016x}"}
+        exemplar = Exemplar(labelled, stored.value, stored.timestamp)
+        by_sample.setdefault(metric_name, {})[series] = exemplar
+    for family in families:
+        wanted = by_sample.get(family.name)
+        if wanted:
+            family.samples = [
+                sample._replace(
+                    exemplar=wanted.get((sample.name, tuple(sorted(sample.labels.items()))))
+                )
+                for sample in family.samples
+            ]
+
+
+def newest(stored: dict[str, _exemplars.Stored], more: dict[str, _exemplars.Stored]) -> None:
+    """Keep in ``stored`` each series' newer exemplar of the two, by time then sequence."""
+    for key, exemplar in more.items():
+        kept = stored.get(key)
+        if kept is None or (exemplar.timestamp, exemplar.sequence) > (
+            kept.timestamp,
+            kept.sequence,
+        ):
+            stored[key] = exemplar
 
 
 def _checked(path: str, kind: str) -> dict[str, float] | None:
@@ -124,24 +176,57 @@ def _checked(path: str, kind: str) -> dict[str, float] | None:
         return None
 
 
-def _additive_values(directory: Path, names: list[str]) -> dict[tuple[str, str], list[float]]:
-    """Return what the archives and the files ``names`` hold of each additive key."""
+def _additive_values(
+    directory: Path, names: list[str]
+) -> tuple[dict[tuple[str, str], list[float]], dict[str, _exemplars.Stored]]:
+    """Return what the archives and the files ``names`` hold of each additive key.
+
+    Returns:
+        The values of each kind and key, and the newest exemplar of each series.
+    """
     absorbed: dict[str, set[str]] = {}
     values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    exemplars: dict[str, _exemplars.Stored] = {}
     for kind in ADDITIVE:
-        partials, absorbed[kind] = read_archive(directory, kind)
-        for key, parts in partials.items():
+        archive = read_archive(directory, kind)
+        absorbed[kind] = archive.absorbed
+        for key, parts in archive.partials.items():
             values[kind, key] += parts
+        newest(exemplars, archive.exemplars)
     for name in names:
         claim = CLAIMED_FILE.fullmatch(name)
+        exemplar_claim = CLAIMED_EXEMPLAR_FILE.fullmatch(name)
+        path = os.path.join(directory, name)  # noqa: PTH118  a scrape's hot loop
         if LIVE_FILE.fullmatch(name) or (
             claim and claim[3] not in absorbed[claim[1]] and not given_back(directory, name)
         ):
             kind = name.partition("_")[0]
-            path = os.path.join(directory, name)  # noqa: PTH118  a scrape's hot loop
             for key, value in (_checked(path, kind) or {}).items():
                 values[kind, key].append(value)
-    return values
+        elif EXEMPLAR_FILE.fullmatch(name) or (
+            exemplar_claim
+            and exemplar_claim[2] not in absorbed["counter"]
+            and not given_back(directory, name)
+        ):
+            newest(exemplars, _checked_exemplars(path))
+    return values, exemplars
+
+
+def _checked_exemplars(path: str) -> dict[str, _exemplars.Stored]:
+    """Return what ``_exemplars.read_file`` returns, or nothing for a bad file, logged once."""
+    try:
+        return _exemplars.read_file(path)
+    except _exemplars.BadExemplarFileError as error:
+        if path not in _reported:
+            if len(_reported) < _MAX_CHECKED_KEYS:
+                _reported.add(path)
+            LOG.error(  # noqa: TRY400  a corrupt file, not a bug: its traceback tells nothing
+                "Skipped the exemplars of %s in every scrape: %s. It is moved aside as"
+                " *.corrupt once its process exits",
+                path,
+                error,
+            )
+        return {}
 
 
 def entries(path: str | os.PathLike[str], kind: str) -> dict[str, float]:
@@ -255,8 +340,16 @@ def archive_path(directory: Path, kind: str) -> Path:
     return directory / f"{kind}_archive.db"
 
 
-def read_archive(directory: Path, kind: str) -> tuple[dict[str, list[float]], set[str]]:
-    """Return the partials of each key in the archive of ``kind``, and the merges it absorbed.
+class Archive(NamedTuple):
+    """What an archive holds: partial sums, the merges absorbed, the newest exemplars."""
+
+    partials: dict[str, list[float]]
+    absorbed: set[str]
+    exemplars: dict[str, _exemplars.Stored]
+
+
+def read_archive(directory: Path, kind: str) -> Archive:
+    """Return what the archive of ``kind`` holds, empty if there is none yet.
 
     Raises:
         MultiprocessError: If the archive is damaged, not this module's, or of another
@@ -266,7 +359,7 @@ def read_archive(directory: Path, kind: str) -> tuple[dict[str, list[float]], se
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return {}, set()
+        return Archive({}, set(), {})
     body = data[: -_CHECKSUM.size]
     used = struct.unpack_from("i", data)[0] if len(data) >= _HEADER else 0
     if used < _HEADER or data[used : used + len(_RECORD_MARK)] != _RECORD_MARK:
@@ -289,17 +382,37 @@ def read_archive(directory: Path, kind: str) -> tuple[dict[str, list[float]], se
             f" this release reads version {_ARCHIVE_VERSION}"
         )
         raise MultiprocessError(msg)
-    return record["partials"], set(record["absorbed"])
+    # Written since exemplars were kept; a release before them neither writes nor reads it.
+    exemplars = {
+        key: _exemplars.Stored(timestamp, sequence, value, int(trace_id, 16), int(span_id, 16))
+        for key, (timestamp, sequence, value, trace_id, span_id) in record.get(
+            "exemplars", {}
+        ).items()
+    }
+    return Archive(record["partials"], set(record["absorbed"]), exemplars)
 
 
-def encode(partials: dict[str, list[float]], absorbed: set[str]) -> bytes:
+def encode(
+    partials: dict[str, list[float]],
+    absorbed: set[str],
+    exemplars: dict[str, _exemplars.Stored] | None = None,
+) -> bytes:
     data = bytearray(_HEADER)
     for key, parts in partials.items():
         encoded = key.encode("utf-8")
         padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
         data += struct.pack(f"i{len(padded)}sdd", len(encoded), padded, exact_sum(parts), 0.0)
     struct.pack_into("i", data, 0, len(data))
-    record = {"version": _ARCHIVE_VERSION, "absorbed": sorted(absorbed), "partials": partials}
+    record: dict[str, object] = {
+        "version": _ARCHIVE_VERSION,
+        "absorbed": sorted(absorbed),
+        "partials": partials,
+    }
+    if exemplars:
+        record["exemplars"] = {
+            key: [e.timestamp, e.sequence, e.value, f"{e.trace_id:032x}", f"{e.span_id:016x}"]
+            for key, e in exemplars.items()
+        }
     encoded_record = json.dumps(record).encode("utf-8")
     data += _RECORD_MARK + struct.pack("I", len(encoded_record)) + encoded_record
     return bytes(data + _CHECKSUM.pack(zlib.crc32(data)))
@@ -320,7 +433,8 @@ def given_back(directory: Path, claim: str) -> bool:
 
 
 def live_name(directory: Path, claim: str) -> Path:
-    return directory / f"{claim.partition('.')[0]}.db"
+    stem = claim.partition(".")[0]
+    return directory / f"{stem}.{'bin' if stem.startswith('exemplars_') else 'db'}"
 
 
 def pid_of(claim: str) -> int:
@@ -335,12 +449,14 @@ def set_aside(directory: Path, claim: str, error: CorruptFileError) -> None:
     """Rename the corrupt ``claim`` to a name that no reader reads, saying why; log it."""
     corrupt = f"{claim.partition('.')[0]}.{error.slug}.{uuid.uuid4().hex[:8]}.corrupt"
     (directory / claim).rename(directory / corrupt)
+    lost = "exemplars" if claim.startswith("exemplars_") else "counts"
     LOG.error(
-        "Moved %s aside as %s instead of merging it: %s. Its process's counts are lost;"
+        "Moved %s aside as %s instead of merging it: %s. Its process's %s are lost;"
         " every other total is intact. Keep it to investigate, then delete it",
-        directory / f"{claim.partition('.')[0]}.db",
+        live_name(directory, claim),
         directory / corrupt,
         error,
+        lost,
     )
 
 

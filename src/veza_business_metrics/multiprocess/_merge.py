@@ -16,7 +16,7 @@ import uuid
 from collections import defaultdict, deque
 from typing import TYPE_CHECKING, Final
 
-from veza_business_metrics.multiprocess import _files, _lock
+from veza_business_metrics.multiprocess import _exemplars, _files, _lock
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -98,16 +98,14 @@ def has_work(directory: Path) -> bool:
     """Tell, without the lock, whether a sweep of ``directory`` would merge anything."""
     names = _files.file_names(directory)
     if any(
-        _files.CLAIMED_FILE.fullmatch(name) or _files.TEMPORARY_ARCHIVE.fullmatch(name)
+        _files.CLAIMED_FILE.fullmatch(name)
+        or _files.CLAIMED_EXEMPLAR_FILE.fullmatch(name)
+        or _files.TEMPORARY_ARCHIVE.fullmatch(name)
         for name in names
     ):
         return True
     for pid, files in _files_by_pid(names, None).items():
-        mergeable = [
-            name
-            for name in files
-            if _files.LIVE_FILE.fullmatch(name) or _files.LIVE_GAUGE_FILE.fullmatch(name)
-        ]
+        mergeable = [name for name in files if _mergeable(name)]
         if len(in_use(pid, directory, mergeable)) < len(mergeable):
             return True
     return False
@@ -133,7 +131,9 @@ def merge(directory: Path, pids: set[int] | None) -> int:
     _files.sync(directory)
     set_aside = set()
     for kind in _files.ADDITIVE:
-        set_aside |= _absorb(directory, kind, by_kind[kind])
+        # Exemplars are kept with the counters, the only kind that has them.
+        exemplars = by_kind["exemplars"] if kind == "counter" else []
+        set_aside |= _absorb(directory, kind, by_kind[kind], exemplars)
     _files.sync(directory)
     for name in pending:
         if name not in set_aside:
@@ -147,15 +147,24 @@ def unfinished_claims(directory: Path, names: list[str]) -> list[str]:
     for name in names:
         if _files.TEMPORARY_ARCHIVE.fullmatch(name):
             (directory / name).unlink()
-        elif _files.CLAIMED_FILE.fullmatch(name) or _files.CLAIMED_GAUGE_FILE.fullmatch(name):
+        elif (
+            _files.CLAIMED_FILE.fullmatch(name)
+            or _files.CLAIMED_GAUGE_FILE.fullmatch(name)
+            or _files.CLAIMED_EXEMPLAR_FILE.fullmatch(name)
+        ):
             claims.append(name)
     if not claims:  # the usual case, where reading the archives would cost every merge
         return []
-    absorbed = {kind: _files.read_archive(directory, kind)[1] for kind in _files.ADDITIVE}
+    absorbed = {kind: _files.read_archive(directory, kind).absorbed for kind in _files.ADDITIVE}
     pending = []
     for name in claims:
         claim = _files.CLAIMED_FILE.fullmatch(name)
-        if (claim and claim[3] in absorbed[claim[1]]) or _files.given_back(directory, name):
+        exemplar_claim = _files.CLAIMED_EXEMPLAR_FILE.fullmatch(name)
+        if (
+            (claim and claim[3] in absorbed[claim[1]])
+            or (exemplar_claim and exemplar_claim[2] in absorbed["counter"])
+            or _files.given_back(directory, name)
+        ):
             (directory / name).unlink()
         elif not (in_use(_files.pid_of(name), directory, [name]) and _give_back(directory, name)):
             pending.append(name)
@@ -165,7 +174,7 @@ def unfinished_claims(directory: Path, names: list[str]) -> list[str]:
 def _files_by_pid(names: list[str], pids: set[int] | None) -> dict[int, list[str]]:
     files: dict[int, list[str]] = defaultdict(list)
     for name in names:
-        match = _files.PROCESS_FILE.fullmatch(name)
+        match = _files.PROCESS_FILE.fullmatch(name) or _files.EXEMPLAR_FILE.fullmatch(name)
         if match and (pids is None or int(match[1]) in pids):
             files[int(match[1])].append(name)
     return files
@@ -176,10 +185,8 @@ def _claim(directory: Path, pid: int, files: list[str], merge_id: str) -> list[s
     used = in_use(pid, directory, files)
     claims = []
     for name in files:
-        if name not in used and (
-            _files.LIVE_FILE.fullmatch(name) or _files.LIVE_GAUGE_FILE.fullmatch(name)
-        ):
-            claim = f"{name[:-3]}.{merge_id}.merging"
+        if name not in used and _mergeable(name):
+            claim = f"{name.rpartition('.')[0]}.{merge_id}.merging"
             (directory / name).rename(directory / claim)
             claims.append(claim)
     # Checked again after the claim: a process that reused the pid may have opened a
@@ -189,6 +196,15 @@ def _claim(directory: Path, pid: int, files: list[str], merge_id: str) -> list[s
         claim for claim in in_use(pid, directory, claims) if _give_back(directory, claim)
     }
     return [claim for claim in claims if claim not in taken_back]
+
+
+def _mergeable(name: str) -> bool:
+    """Tell whether the file ``name`` is merged once its process is gone, or only deleted."""
+    return bool(
+        _files.LIVE_FILE.fullmatch(name)
+        or _files.LIVE_GAUGE_FILE.fullmatch(name)
+        or _files.EXEMPLAR_FILE.fullmatch(name)
+    )
 
 
 def _give_back(directory: Path, claim: str) -> bool:
@@ -243,17 +259,27 @@ def is_running(pid: int) -> bool:
     return True
 
 
-def _absorb(directory: Path, kind: str, claims: list[str]) -> set[str]:
+def _absorb(directory: Path, kind: str, claims: list[str], exemplar_claims: list[str]) -> set[str]:
     """Replace the archive of ``kind`` with one that adds the values of ``claims``.
+
+    It keeps, of each series, the newer exemplar of the archive's and ``exemplar_claims``'.
 
     Returns:
         The claims that it set aside as corrupt instead.
     """
-    if not claims:
+    if not claims and not exemplar_claims:
         return set()
-    partials = _files.read_archive(directory, kind)[0]
+    partials, _, exemplars = _files.read_archive(directory, kind)
     set_aside = set()
     absorbed = set()
+    for name in exemplar_claims:
+        try:
+            _files.newest(exemplars, _exemplars.read_file(directory / name))
+        except _exemplars.BadExemplarFileError as error:
+            _files.set_aside(directory, name, _files.CorruptFileError("bad-header", str(error)))
+            set_aside.add(name)
+            continue
+        absorbed.add(name.split(".")[1])
     for name in claims:
         try:
             values = _files.entries(directory / name, kind)
@@ -266,7 +292,7 @@ def _absorb(directory: Path, kind: str, claims: list[str]) -> set[str]:
         absorbed.add(name.split(".")[1])
     if not absorbed:
         return set_aside
-    data = memoryview(_files.encode(partials, absorbed))
+    data = memoryview(_files.encode(partials, absorbed, exemplars))
     temporary = directory / f"{kind}_archive.{uuid.uuid4().hex}.tmp"
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:

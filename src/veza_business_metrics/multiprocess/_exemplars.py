@@ -1,0 +1,244 @@
+"""Exemplars in multiprocess mode: one file of slots per process, written and read whole.
+
+prometheus_client keeps no exemplar in multiprocess mode (its ``set_exemplar`` is a
+no-op there), so each process writes its own in ``exemplars_<pid>.bin`` beside its
+counter file: a header (magic, version, slots used), then one 256-byte slot per series,
+in the order the process first attached an exemplar to it. A slot holds its series'
+key, then two halves, each a whole exemplar (a sequence number, the value, the time,
+the trace and span ids) and a CRC-32 of the key and the half. A write fills the half
+that does not hold the newest exemplar, in one copy, so that a writer killed at any
+point leaves the other half whole, and a reader keeps the valid half with the higher
+sequence number: no reader ever sees a torn exemplar.
+
+The only prometheus_client internals it relies on are the counter child's ``_name``
+(without ``_total``), ``_labelnames`` and ``_labelvalues``, which name its series.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import threading
+import zlib
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+_MAGIC: Final = b"VBEX"
+_VERSION: Final = 1
+_HEADER: Final = struct.Struct("<4sII")  # magic, version, slots used
+_HEADER_SIZE: Final = 16
+_SLOT_SIZE: Final = 256
+_KEY_LENGTH: Final = struct.Struct("<H")
+MAX_KEY_BYTES: Final = 126
+_HALF: Final = struct.Struct("<QddQQQ")  # sequence, value, time, trace id (2 x 64 bits), span id
+_HALF_SIZE: Final = 64
+_CHECKSUM: Final = struct.Struct("<I")
+# Far more than the business series (6 outcomes, 4 statuses, a deletion counter, and two
+# per ISO 4217 currency): a process never fills it. The file is sparse, so the slots
+# that no series uses take no memory.
+CAPACITY: Final = 1024
+FILE_SIZE: Final = _HEADER_SIZE + CAPACITY * _SLOT_SIZE
+_MASK_64: Final = 2**64 - 1
+
+
+class Stored(NamedTuple):
+    """One exemplar as a file holds it, newest first when sorted by time, then sequence."""
+
+    timestamp: float
+    sequence: int
+    value: float
+    trace_id: int
+    span_id: int
+
+
+class BadExemplarFileError(Exception):
+    """A file of exemplars that this release did not write or cannot read."""
+
+
+def key_of(child: Counter) -> str:
+    """Return the series key under which the exemplars of ``child`` are stored.
+
+    Args:
+        child: A counter, or one of its labelled children.
+    """
+    name: str = child._name  # noqa: SLF001
+    labels = dict(zip(child._labelnames, child._labelvalues, strict=True))  # noqa: SLF001
+    return json.dumps([name, name + "_total", labels], sort_keys=True, separators=(",", ":"))
+
+
+def file_name(pid: int) -> str:
+    return f"exemplars_{pid}.bin"
+
+
+class Writer:
+    """Write each series' newest exemplar of this process to its file.
+
+    The file is opened at the first write, and again at the first write after a fork,
+    in the directory that ``PROMETHEUS_MULTIPROC_DIR`` names then.
+    """
+
+    def __init__(self) -> None:
+        """Open nothing yet."""
+        self._forget()
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        # After a fork the parent's map is shared with the parent: the child must never
+        # write to it, and its lock may have been held by a thread that the fork lost.
+        self._lock = threading.RLock()
+        self._map: mmap.mmap | None = None
+        self._descriptor: int | None = None
+        # Each series' slot offset, the sequence of its newest exemplar, and the CRC of
+        # its key, which every half's CRC starts from.
+        self._slots: dict[str, tuple[int, int, int]] = {}
+
+    def write(self, key: str, value: float, trace_id: int, span_id: int, timestamp: float) -> None:
+        """Make the exemplar the newest of the series ``key`` in this process's file.
+
+        Args:
+            key: What :func:`key_of` returned for the series.
+            value: The increment.
+            trace_id: The span's trace id, below 2**128.
+            span_id: The span's id, below 2**64.
+            timestamp: When the increment happened, in seconds since the epoch.
+        """
+        with self._lock:
+            if self._map is None:
+                self._open()
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._add(key)
+                if slot is None:
+                    return
+            offset, sequence, key_checksum = slot
+            sequence += 1
+            half = _HALF.pack(
+                sequence, value, timestamp, trace_id >> 64, trace_id & _MASK_64, span_id
+            )
+            checksum = _CHECKSUM.pack(zlib.crc32(half, key_checksum))
+            start = offset + _SLOT_SIZE // 2 + (sequence & 1) * _HALF_SIZE
+            # One copy, so that a signal handler that records meanwhile never splits it.
+            self._map[start : start + len(half) + len(checksum)] = half + checksum  # type: ignore[index]
+            self._slots[key] = offset, sequence, key_checksum
+
+    def _open(self) -> None:
+        # prometheus_client set it from the lower-case name, if need be, when it created
+        # the counters' values, which it did before any exemplar.
+        directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        path = os.path.join(directory, file_name(os.getpid()))  # noqa: PTH118
+        # Kept open for the process's life: a merge sees in /proc that the file is in use.
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        os.fchmod(descriptor, 0o644)
+        if os.fstat(descriptor).st_size != FILE_SIZE:
+            os.ftruncate(descriptor, FILE_SIZE)
+        self._map = mmap.mmap(descriptor, FILE_SIZE)
+        self._descriptor = descriptor
+        # A process that had this pid before may have left its exemplars, not merged
+        # yet: they are kept, and this process goes on after its slots.
+        try:
+            stored = read(bytes(self._map[: _HEADER_SIZE + CAPACITY * _SLOT_SIZE]))
+        except BadExemplarFileError:
+            stored = {}
+            self._map[:_HEADER_SIZE] = _HEADER.pack(_MAGIC, _VERSION, 0).ljust(_HEADER_SIZE, b"\0")
+            self._map[_HEADER_SIZE:] = bytes(FILE_SIZE - _HEADER_SIZE)
+        for index, key in enumerate(_keys(self._map)):
+            newest = stored.get(key)
+            self._slots[key] = (
+                _HEADER_SIZE + index * _SLOT_SIZE,
+                0 if newest is None else newest.sequence,
+                zlib.crc32(key.encode()),
+            )
+
+    def _add(self, key: str) -> tuple[int, int, int] | None:
+        assert self._map is not None  # noqa: S101  _open() ran
+        encoded = key.encode()
+        used = len(self._slots)
+        if len(encoded) > MAX_KEY_BYTES or used >= CAPACITY:
+            return None
+        offset = _HEADER_SIZE + used * _SLOT_SIZE
+        self._map[offset : offset + _KEY_LENGTH.size + len(encoded)] = (
+            _KEY_LENGTH.pack(len(encoded)) + encoded
+        )
+        # Published after its key: a reader never reads past the slots used.
+        self._map[8:12] = struct.pack("<I", used + 1)
+        slot = self._slots[key] = offset, 0, zlib.crc32(encoded)
+        return slot
+
+
+def _keys(data: mmap.mmap | bytes) -> list[str]:
+    (_, _, used) = _HEADER.unpack_from(data)
+    keys = []
+    for index in range(used):
+        offset = _HEADER_SIZE + index * _SLOT_SIZE
+        (length,) = _KEY_LENGTH.unpack_from(data, offset)
+        keys.append(bytes(data[offset + 2 : offset + 2 + length]).decode("utf-8", "replace"))
+    return keys
+
+
+def read(data: bytes) -> dict[str, Stored]:
+    """Return the newest whole exemplar of each series in the contents of a file.
+
+    A slot with no whole half (its first write was cut short) or an unreadable key is
+    left out.
+
+    Raises:
+        BadExemplarFileError: If the header is not this release's, or counts more slots
+            than the file holds.
+    """
+    if len(data) < _HEADER_SIZE:
+        msg = "it is shorter than its header"
+        raise BadExemplarFileError(msg)
+    magic, version, used = _HEADER.unpack_from(data)
+    if magic != _MAGIC or version != _VERSION:
+        msg = f"its header {bytes(data[:8])!r} is not that of version {_VERSION}"
+        raise BadExemplarFileError(msg)
+    if used > CAPACITY or _HEADER_SIZE + used * _SLOT_SIZE > len(data):
+        msg = f"it counts {used} slots, more than its {len(data)} bytes hold"
+        raise BadExemplarFileError(msg)
+    stored = {}
+    for index in range(used):
+        offset = _HEADER_SIZE + index * _SLOT_SIZE
+        (length,) = _KEY_LENGTH.unpack_from(data, offset)
+        if length > MAX_KEY_BYTES:
+            continue
+        encoded = bytes(data[offset + 2 : offset + 2 + length])
+        newest = _newest_half(data, offset, zlib.crc32(encoded))
+        if newest is not None:
+            try:
+                stored[encoded.decode("utf-8")] = newest
+            except UnicodeDecodeError:
+                continue
+    return stored
+
+
+def _newest_half(data: bytes, offset: int, key_checksum: int) -> Stored | None:
+    """Return the newer of the slot's whole halves, or None if neither is whole."""
+    newest = None
+    for half in (offset + _SLOT_SIZE // 2, offset + _SLOT_SIZE // 2 + _HALF_SIZE):
+        body = data[half : half + _HALF.size]
+        (checksum,) = _CHECKSUM.unpack_from(data, half + _HALF.size)
+        if zlib.crc32(body, key_checksum) == checksum:
+            sequence, value, timestamp, high, low, span_id = _HALF.unpack(body)
+            if sequence and (newest is None or sequence > newest.sequence):
+                newest = Stored(timestamp, sequence, value, high << 64 | low, span_id)
+    return newest
+
+
+def read_file(path: str | os.PathLike[str]) -> dict[str, Stored]:
+    """Return what :func:`read` returns of the file at ``path``, reading only its slots used.
+
+    Raises:
+        BadExemplarFileError: As :func:`read` does.
+    """
+    with open(path, "rb") as file:  # noqa: PTH123
+        header = file.read(_HEADER_SIZE)
+        used = _HEADER.unpack_from(header)[2] if len(header) == _HEADER_SIZE else 0
+        return read(header + file.read(min(used, CAPACITY) * _SLOT_SIZE))
+
+
+# The one writer of this process, which the traced children of every recorder share.
+writer: Final = Writer()
