@@ -15,6 +15,7 @@ import socket
 import string
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.error
@@ -433,6 +434,15 @@ class Worker:
         """Record ``count`` events of each kind, and wait until they are written."""
         self._command(f"record {count}")
         self.recorded += count
+
+    def traced(self, number: int, count: int) -> None:
+        """Record as ``record`` does, inside the sampled span ``span_ids(number)`` names."""
+        self._command(f"traced {number} {count}")
+        self.recorded += count
+
+    def spin(self, number: int) -> None:
+        """Start writing exemplars from span ``number`` on; return once the first is written."""
+        self._command(f"spin {number}")
 
     def exit(self) -> None:
         """Let the process exit normally, and reap it."""
@@ -1413,3 +1423,88 @@ def outside_bounds(final: Series, least: Series, most: Series) -> list[str]:
         for series in sorted(final.keys() | least.keys() | most.keys())
         if not least.get(series, 0.0) <= final.get(series, -1.0) <= most.get(series, -1.0)
     ]
+
+
+# Runs a merge in a process that SIGKILLs itself at one filesystem change: argv holds the
+# directory, the number of the change to die at (0: none), and the pid to merge (0: sweep).
+CRASHING_MERGE = textwrap.dedent("""
+    import os, signal, sys
+
+    directory, die_at, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    changes = 0
+
+    def dying(name, change):
+        def wrapper(*args, **kwargs):
+            global changes
+            changes += 1
+            if changes == die_at:
+                target = args[0]
+                if isinstance(target, int):  # a file descriptor: name its file
+                    target = os.readlink(f"/proc/self/fd/{target}")
+                print(name, os.path.basename(str(target)) or target, file=sys.stderr)
+                sys.stderr.flush()
+                if name == "write":  # die half-way through the archive
+                    change(args[0], args[1][: len(args[1]) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+            return change(*args, **kwargs)
+        return wrapper
+
+    for name in ("rename", "replace", "unlink", "write", "fsync"):
+        setattr(os, name, dying(name, getattr(os, name)))
+    from veza_business_metrics import multiprocess
+    if pid:
+        multiprocess.mark_process_dead(pid, directory)
+    else:
+        multiprocess.sweep(directory)
+    print(changes)
+""")
+
+
+def merge_in_a_process(directory: Path, die_at: int, pid: int) -> subprocess.CompletedProcess[str]:
+    """Run a merge of ``pid`` (0: a sweep) that SIGKILLs itself at change ``die_at``."""
+    return subprocess.run(
+        [sys.executable, "-c", CRASHING_MERGE, str(directory), str(die_at), str(pid)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@contextlib.contextmanager
+def wsgi_served(app: Any) -> Iterator[str]:
+    """Serve the WSGI ``app`` with wsgiref on 127.0.0.1 until the block ends; give its URL."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server  # noqa: PLC0415
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *_: Any) -> None:
+            """Log nothing: the tests read the responses."""
+
+    server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def asgi_served(app: Any) -> Iterator[str]:
+    """Serve the ASGI ``app`` with uvicorn, lifespan on, until the block ends; give its URL."""
+    import uvicorn  # noqa: PLC0415
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert poll(lambda: server.started, bool, timeout=30), "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}/metrics"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

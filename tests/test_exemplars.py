@@ -602,10 +602,14 @@ sys.stdout.write(generate_latest(registry).decode())
     revenue = served[REVENUE, (("currency", "EUR"),)]
     login = served[LOGINS, (("outcome", "success"),)]
     assert (revenue.value, login.value) == (1999, 1)
-    assert revenue.exemplar.labels == login.exemplar.labels == {
-        "trace_id": trace_id,
-        "span_id": span_id,
-    }
+    assert (
+        revenue.exemplar.labels
+        == login.exemplar.labels
+        == {
+            "trace_id": trace_id,
+            "span_id": span_id,
+        }
+    )
     assert (revenue.exemplar.value, login.exemplar.value) == (1999, 1)
     assert [name for name, sample in served.items() if sample.exemplar is not None] == [
         (LOGINS, (("outcome", "success"),)),

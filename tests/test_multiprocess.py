@@ -42,13 +42,15 @@ from prometheus_client.mmap_dict import MmapedDict
 from helpers import (
     Worker,
     another_server,
+    asgi_served,
     file_names,
-    free_port,
     key,
+    merge_in_a_process,
     poll,
     running_prometheus,
     samples,
     worker_samples,
+    wsgi_served,
 )
 from veza_business_metrics import MultiprocessError, multiprocess
 
@@ -331,52 +333,6 @@ def test_a_new_file_under_a_merged_pid_is_merged_once(
     multiprocess.mark_process_dead(first.pid, directory)
     assert scrape(directory) == worker_samples(7)
     assert file_names(directory) == ARCHIVES
-
-
-# Runs a merge in a process that SIGKILLs itself at one filesystem change: argv holds the
-# directory, the number of the change to die at (0: none), and the pid to merge (0: sweep).
-CRASHING_MERGE = textwrap.dedent("""
-    import os, signal, sys
-
-    directory, die_at, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    changes = 0
-
-    def dying(name, change):
-        def wrapper(*args, **kwargs):
-            global changes
-            changes += 1
-            if changes == die_at:
-                target = args[0]
-                if isinstance(target, int):  # a file descriptor: name its file
-                    target = os.readlink(f"/proc/self/fd/{target}")
-                print(name, os.path.basename(str(target)) or target, file=sys.stderr)
-                sys.stderr.flush()
-                if name == "write":  # die half-way through the archive
-                    change(args[0], args[1][: len(args[1]) // 2])
-                os.kill(os.getpid(), signal.SIGKILL)
-            return change(*args, **kwargs)
-        return wrapper
-
-    for name in ("rename", "replace", "unlink", "write", "fsync"):
-        setattr(os, name, dying(name, getattr(os, name)))
-    from veza_business_metrics import multiprocess
-    if pid:
-        multiprocess.mark_process_dead(pid, directory)
-    else:
-        multiprocess.sweep(directory)
-    print(changes)
-""")
-
-
-def merge_in_a_process(directory: Path, die_at: int, pid: int) -> subprocess.CompletedProcess[str]:
-    """Run a merge of ``pid`` (0: a sweep) that SIGKILLs itself at change ``die_at``."""
-    return subprocess.run(
-        [sys.executable, "-c", CRASHING_MERGE, str(directory), str(die_at), str(pid)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.mark.ours
@@ -1616,7 +1572,7 @@ def test_an_archive_records_only_what_an_interrupted_merge_leaves(
     (single / f"counter_{2**22 + 1}.db").write_bytes(data)
     assert multiprocess.sweep(directory) == 300
     assert multiprocess.sweep(single) == 1
-    partials, absorbed = multiprocess._files.read_archive(directory.resolve(), "counter")
+    partials, absorbed, _ = multiprocess._files.read_archive(directory.resolve(), "counter")
     assert len(absorbed) == 1
     logins = next(key for key in partials if '"success"' in key)
     assert math.fsum(partials[logins]) == 300.0
@@ -1781,45 +1737,6 @@ def get(url: str, authorization: str | None = None) -> tuple[int, Message, str]:
     except urllib.error.HTTPError as error:
         with error:
             return error.code, error.headers, error.read().decode()
-
-
-@contextlib.contextmanager
-def wsgi_served(app: Any) -> Iterator[str]:
-    """Serve the WSGI ``app`` with wsgiref on 127.0.0.1 until the block ends; give its URL."""
-    from wsgiref.simple_server import WSGIRequestHandler, make_server  # noqa: PLC0415
-
-    class Quiet(WSGIRequestHandler):
-        def log_message(self, *_: Any) -> None:
-            """Log nothing: the tests read the responses."""
-
-    server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/metrics"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=30)
-
-
-@contextlib.contextmanager
-def asgi_served(app: Any) -> Iterator[str]:
-    """Serve the ASGI ``app`` with uvicorn, lifespan on, until the block ends; give its URL."""
-    import uvicorn  # noqa: PLC0415
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert poll(lambda: server.started, bool, timeout=30), "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}/metrics"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def basic(user: str, password: str) -> str:

@@ -1,0 +1,505 @@
+"""Tests for exemplars in multiprocess mode: each process's file, the merge and the serving."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import random
+import signal
+import time
+import urllib.request
+from typing import TYPE_CHECKING, Final
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import multiprocess as stock
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from helpers import (
+    LOGINS,
+    REVENUE,
+    Worker,
+    asgi_served,
+    file_names,
+    key,
+    merge_in_a_process,
+    samples,
+    worker_samples,
+    wsgi_served,
+)
+from mp_worker import span_ids
+from veza_business_metrics import multiprocess
+from veza_business_metrics.multiprocess import _exemplars
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractContextManager
+    from pathlib import Path
+    from typing import Any, TypeAlias
+
+    # wsgi_served or asgi_served: serves an app on 127.0.0.1 and gives its URL.
+    ServedApp: TypeAlias = Callable[[Any], AbstractContextManager[str]]
+
+    from helpers import Key
+
+# What a served exemplar says: its trace id, its span id, its value.
+Served = dict["Key", tuple[int, int, float]]
+
+ARCHIVES: Final = {"counter_archive.db", "histogram_archive.db"}
+EUR: Final = key(REVENUE, "currency", "EUR")
+SUCCESS: Final = key(LOGINS, "outcome", "success")
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    """Give an empty multiprocess directory."""
+    path = tmp_path / "metrics"
+    path.mkdir()
+    return path
+
+
+def served(directory: Path) -> Served:
+    """Return the exemplar of every series that this package's collector serves."""
+    found = {}
+    for family in multiprocess.MultiProcessCollector(None, path=str(directory)).collect():
+        for sample in family.samples:
+            if sample.exemplar is not None:
+                labels = sample.exemplar.labels
+                found[sample.name, tuple(sorted(sample.labels.items()))] = (
+                    int(labels["trace_id"], 16),
+                    int(labels["span_id"], 16),
+                    sample.exemplar.value,
+                )
+    return found
+
+
+def traced(number: int) -> Served:
+    """Return what a worker's ``traced number N`` serves: a login's and 100 cents' exemplars."""
+    trace_id, span_id = span_ids(number)
+    return {SUCCESS: (trace_id, span_id, 1.0), EUR: (trace_id, span_id, 100.0)}
+
+
+def start(directory: Path, workers: list[Worker]) -> Worker:
+    """Start a worker that records into ``directory``."""
+    worker = Worker(directory)
+    workers.append(worker)
+    return worker
+
+
+def whole(exemplar: tuple[int, int, float]) -> bool:
+    """Tell whether a spinning writer's exemplar has the ids and value of one span."""
+    trace_id, span_id, value = exemplar
+    return span_ids(span_id) == (trace_id, span_id) and value == span_id
+
+
+def test_each_series_serves_the_newest_exemplar_of_any_live_worker(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """The collector serves, per series, the exemplar that a live worker attached last."""
+    first, second = start(directory, workers), start(directory, workers)
+    first.traced(1, 1)
+    assert served(directory) == traced(1)
+    second.traced(2, 1)
+    assert served(directory) == traced(2)
+    first.traced(3, 2)
+    assert served(directory) == traced(3)
+    second.record(1)
+    assert served(directory) == traced(3)
+    assert samples(multiprocess.MultiProcessCollector(None, path=str(directory))) == (
+        worker_samples(5)
+    )
+
+
+def test_an_exited_workers_exemplar_survives_its_merge_until_a_newer_one(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A merged worker's exemplar is served from the archive until a newer one replaces it."""
+    first = start(directory, workers)
+    first.traced(1, 1)
+    first.exit()
+    assert multiprocess.sweep(directory) == 1
+    assert file_names(directory) == ARCHIVES
+    assert served(directory) == traced(1)
+    second = start(directory, workers)
+    second.record(1)
+    assert served(directory) == traced(1)
+    second.traced(2, 1)
+    assert served(directory) == traced(2)
+    second.kill()
+    assert multiprocess.sweep(directory) == 1
+    assert file_names(directory) == ARCHIVES
+    assert served(directory) == traced(2)
+
+
+def test_a_merged_older_exemplar_never_replaces_a_newer_live_one(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """Merging an exited worker keeps a live worker's newer exemplar served."""
+    first, second = start(directory, workers), start(directory, workers)
+    first.traced(1, 1)
+    second.traced(2, 1)
+    first.exit()
+    assert multiprocess.sweep(directory) == 1
+    assert served(directory) == traced(2)
+    second.exit()
+    assert multiprocess.sweep(directory) == 1
+    assert served(directory) == traced(2)
+
+
+def test_recycled_and_killed_workers_always_serve_the_newest_exemplar(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """Through generations of workers that exit or are SIGKILLed, the newest span is served."""
+    live = [start(directory, workers) for _ in range(3)]
+    for number in range(1, 13):
+        worker = live[number % 3]
+        worker.traced(number, 1)
+        assert served(directory) == traced(number)
+        if number % 2:
+            worker.exit()
+        else:
+            worker.kill()
+        if number % 3 == 0:
+            multiprocess.sweep(directory)
+        assert served(directory) == traced(number)
+        live[number % 3] = start(directory, workers)
+    multiprocess.sweep(directory)
+    assert served(directory) == traced(12)
+    assert samples(multiprocess.MultiProcessCollector(None, path=str(directory))) == (
+        worker_samples(12)
+    )
+
+
+def test_a_writer_killed_at_any_point_never_leaves_a_torn_exemplar(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """Scrapes during and after writes cut by SIGKILL serve only whole, ever newer exemplars."""
+    newest = 0
+    for round_number in range(12):
+        writer = start(directory, workers)
+        first = 10_000_000 * (round_number + 1)
+        writer.spin(first)
+        deadline = time.monotonic() + random.uniform(0.01, 0.2)  # noqa: S311
+        while time.monotonic() < deadline:
+            exemplar = served(directory)[EUR]
+            assert whole(exemplar), exemplar
+            assert exemplar[1] >= max(newest, first), (exemplar, newest)
+            newest = exemplar[1]
+        writer.process.send_signal(signal.SIGKILL)
+        writer.close()
+        exemplar = served(directory)[EUR]
+        assert whole(exemplar), exemplar
+        assert exemplar[1] >= newest
+        newest = exemplar[1]
+        if round_number % 4 == 3:
+            multiprocess.sweep(directory)
+            assert served(directory)[EUR] == exemplar
+
+
+@pytest.mark.ours
+def test_a_merge_killed_at_any_change_keeps_the_newest_exemplar(
+    tmp_path: Path, workers: list[Worker]
+) -> None:
+    """SIGKILLed at every change, a merge leaves the newest exemplar served, then merged."""
+    template = tmp_path / "template"
+    template.mkdir()
+    earlier, newer = start(template, workers), start(template, workers)
+    earlier.traced(1, 1)
+    earlier.exit()
+    multiprocess.sweep(template)
+    newer.traced(2, 1)
+    newer.exit()
+    assert served(template) == traced(2)
+    points = []
+    for die_at in range(1, 100):
+        directory = tmp_path / f"killed-at-{die_at}"
+        directory.mkdir()
+        for name in file_names(template):
+            (directory / name).write_bytes((template / name).read_bytes())
+        result = merge_in_a_process(directory, die_at, 0)
+        if result.returncode == 0:
+            break
+        points.append(result.stderr.strip())
+        assert result.returncode == -signal.SIGKILL, result.stderr
+        assert served(directory) == traced(2), f"after dying at {points[-1]}"
+        multiprocess.sweep(directory)
+        assert served(directory) == traced(2), f"after recovering from {points[-1]}"
+        assert file_names(directory) == ARCHIVES, points[-1]
+    kinds = {point.split()[0] for point in points}
+    assert kinds == {"rename", "write", "fsync", "replace", "unlink"}
+    assert any("exemplars_" in point for point in points), points
+
+
+def test_a_corrupt_exemplar_file_is_skipped_then_set_aside(
+    directory: Path, workers: list[Worker], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file of exemplars that does not parse is skipped, logged once, then set aside."""
+    live, broken = start(directory, workers), start(directory, workers)
+    live.traced(1, 1)
+    broken.traced(2, 1)
+    broken.exit()
+    path = directory / f"exemplars_{broken.pid}.bin"
+    path.write_bytes(b"VBEX\x09" + path.read_bytes()[5:])
+    with caplog.at_level(logging.ERROR, "veza_business_metrics.multiprocess"):
+        assert served(directory) == traced(1)
+        assert served(directory) == traced(1)
+    assert [record.message.split(":")[0] for record in caplog.records] == [
+        f"Skipped the exemplars of {path} in every scrape"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, "veza_business_metrics.multiprocess"):
+        assert multiprocess.sweep(directory) == 1
+    (corrupt,) = (name for name in file_names(directory) if name.endswith(".corrupt"))
+    assert corrupt.startswith(f"exemplars_{broken.pid}.bad-header.")
+    assert "Its process's exemplars are lost" in caplog.text
+    assert served(directory) == traced(1)
+    assert samples(multiprocess.MultiProcessCollector(None, path=str(directory))) == (
+        worker_samples(2)
+    )
+
+
+def test_a_torn_half_serves_the_other_whole_one(directory: Path, workers: list[Worker]) -> None:
+    """A slot whose newest half fails its checksum serves its older whole half."""
+    worker = start(directory, workers)
+    worker.traced(1, 1)
+    worker.traced(2, 1)
+    worker.exit()
+    path = directory / f"exemplars_{worker.pid}.bin"
+    data = bytearray(path.read_bytes())
+    # The logins' slot came first, the revenue's second; sequence 2 is in the first half.
+    data[16 + 256 + 128 + 20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert served(directory) == {SUCCESS: traced(2)[SUCCESS], EUR: traced(1)[EUR]}
+    multiprocess.sweep(directory)
+    assert served(directory) == {SUCCESS: traced(2)[SUCCESS], EUR: traced(1)[EUR]}
+
+
+def test_prometheus_clients_collector_reads_a_directory_with_exemplars(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """The files of exemplars are never mistaken by prometheus_client's collector for its own."""
+    first, second = start(directory, workers), start(directory, workers)
+    first.traced(1, 2)
+    second.traced(2, 1)
+    second.exit()
+    multiprocess.sweep(directory)
+    theirs = samples(stock.MultiProcessCollector(None, path=str(directory)))  # type: ignore[no-untyped-call]
+    assert theirs == worker_samples(3)
+
+
+def test_a_process_that_reused_a_pid_goes_on_after_the_slots_of_its_file(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A process that finds its pid's file of exemplars keeps them and writes after them."""
+    gone = start(directory, workers)
+    gone.traced(1, 1)
+    gone.exit()
+
+    def inherit(pid: int) -> None:
+        for name in (f"exemplars_{gone.pid}.bin", f"counter_{gone.pid}.db"):
+            (directory / name).rename(directory / name.replace(str(gone.pid), str(pid)))
+
+    heir = Worker(directory, before_open=inherit)
+    workers.append(heir)
+    assert served(directory) == traced(1)
+    heir.traced(2, 1)
+    assert served(directory) == traced(2)
+    data = (directory / f"exemplars_{heir.pid}.bin").read_bytes()
+    assert int.from_bytes(data[8:12], "little") == 2
+    heir.exit()
+    multiprocess.sweep(directory)
+    assert served(directory) == traced(2)
+
+
+def test_a_process_that_finds_a_damaged_file_under_its_pid_starts_it_again(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """A damaged file of exemplars under a new process's pid is emptied, then written."""
+
+    def damage(pid: int) -> None:
+        (directory / f"exemplars_{pid}.bin").write_bytes(b"not ours")
+
+    worker = Worker(directory, before_open=damage)
+    workers.append(worker)
+    worker.traced(3, 1)
+    assert served(directory) == traced(3)
+
+
+def test_the_limits_of_a_file_skip_the_exemplar_never_the_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key too long, or a series past the file's capacity, gets no exemplar and no error."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    writer = _exemplars.Writer()
+    writer.write("k" * (_exemplars.MAX_KEY_BYTES + 1), 1, 1, 1, 1.0)
+    for index in range(_exemplars.CAPACITY + 1):
+        writer.write(f"series {index}", index, index + 1, index + 1, 1.0)
+    stored = _exemplars.read_file(tmp_path / _exemplars.file_name(os.getpid()))
+    assert len(stored) == _exemplars.CAPACITY
+    assert f"series {_exemplars.CAPACITY - 1}" in stored
+    assert f"series {_exemplars.CAPACITY}" not in stored
+    assert "k" * (_exemplars.MAX_KEY_BYTES + 1) not in stored
+
+
+def test_a_forked_child_writes_its_own_file(
+    run_python: Callable[..., str], directory: Path
+) -> None:
+    """After a fork, the child's exemplars go to its own file, never to its parent's."""
+    program = """
+import os
+from opentelemetry import trace
+import veza_business_metrics as business
+
+business.enable_trace_exemplars()
+
+def record(number):
+    flags = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+    ids = trace.SpanContext(number, number, is_remote=False, trace_flags=flags)
+    with trace.use_span(trace.NonRecordingSpan(ids)):
+        business.record_revenue(number, "EUR")
+
+record(1)
+child = os.fork()
+if child == 0:
+    record(2)
+    os._exit(0)
+os.waitpid(child, 0)
+print(os.getpid(), child)
+"""
+    parent, child = run_python(program, {"PROMETHEUS_MULTIPROC_DIR": str(directory)}).split()
+    by_file = {
+        pid: _exemplars.read_file(directory / _exemplars.file_name(int(pid)))
+        for pid in (parent, child)
+    }
+    assert [stored.span_id for stored in by_file[parent].values()] == [1]
+    assert [stored.span_id for stored in by_file[child].values()] == [2]
+
+
+def test_clear_keeps_this_processs_exemplars(
+    run_python: Callable[..., str], directory: Path
+) -> None:
+    """clear() deletes other processes' files of exemplars and keeps this process's."""
+    (directory / "exemplars_99999999.bin").write_bytes(b"")
+    program = """
+import os
+from opentelemetry import trace
+import veza_business_metrics as business
+from veza_business_metrics import multiprocess
+
+business.enable_trace_exemplars()
+flags = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+ids = trace.SpanContext(7, 7, is_remote=False, trace_flags=flags)
+with trace.use_span(trace.NonRecordingSpan(ids)):
+    business.record_login_success()
+multiprocess.clear()
+print(os.getpid())
+"""
+    pid = run_python(program, {"PROMETHEUS_MULTIPROC_DIR": str(directory)}).strip()
+    assert f"exemplars_{pid}.bin" in file_names(directory)
+    assert "exemplars_99999999.bin" not in file_names(directory)
+
+
+def test_the_largest_ids_stay_within_the_exemplar_limit(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """The longest exemplar the library writes is within OpenMetrics' 128 runes of labels."""
+    worker = start(directory, workers)
+    worker.traced(2**64 - 1, 1)
+    (trace_id, span_id, _) = served(directory)[EUR]
+    assert (trace_id, span_id) == (2**128 - 1, 2**64 - 1)
+    body = through_the_app(directory, "application/openmetrics-text")
+    exemplars = [
+        sample.exemplar
+        for family in text_string_to_metric_families(body)  # type: ignore[no-untyped-call]
+        for sample in family.samples
+        if sample.exemplar is not None
+    ]
+    assert len(exemplars) == 2
+    for exemplar in exemplars:
+        assert sum(len(name) + len(value) for name, value in exemplar.labels.items()) <= 128
+
+
+def through_the_app(directory: Path, accept: str | None, serving: ServedApp = wsgi_served) -> str:
+    """Return what the app that ``serving`` runs answers a scrape that accepts ``accept``."""
+    make = multiprocess.make_wsgi_app if serving is wsgi_served else multiprocess.make_asgi_app
+    headers = {} if accept is None else {"Accept": accept}
+    with serving(make(directory)) as url:
+        request = urllib.request.Request(url, headers=headers)  # noqa: S310  a local server
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            body: bytes = response.read()
+    return body.decode()
+
+
+@pytest.mark.parametrize("serving", [wsgi_served, asgi_served], ids=["wsgi", "asgi"])
+def test_the_apps_serve_exemplars_in_openmetrics_only(
+    directory: Path, workers: list[Worker], serving: ServedApp
+) -> None:
+    """The apps serve exemplars to a scraper that asks for OpenMetrics, and none otherwise."""
+    worker = start(directory, workers)
+    worker.traced(5, 1)
+    trace_id, span_id = span_ids(5)
+    bodies = [
+        through_the_app(directory, accept, serving)
+        for accept in ("application/openmetrics-text", None)
+    ]
+    assert f'trace_id="{trace_id:032x}"' in bodies[0]
+    assert f'span_id="{span_id:016x}"' in bodies[0]
+    assert "trace_id" not in bodies[1]
+
+
+def test_an_archive_written_before_exemplars_gains_them_at_the_next_merge(
+    directory: Path, workers: list[Worker]
+) -> None:
+    """An archive without exemplars, as a merge with none writes, reads as none, then grows."""
+    first = start(directory, workers)
+    first.record(1)
+    first.exit()
+    multiprocess.sweep(directory)
+    assert b'"exemplars"' not in (directory / "counter_archive.db").read_bytes()
+    assert served(directory) == {}
+    second = start(directory, workers)
+    second.traced(4, 1)
+    second.exit()
+    multiprocess.sweep(directory)
+    assert b'"exemplars"' in (directory / "counter_archive.db").read_bytes()
+    assert served(directory) == traced(4)
+
+
+@functools.cache
+def written_file() -> tuple[bytes, frozenset[str]]:
+    """Return the bytes of a file of exemplars, as a writer leaves it, and its keys."""
+    import tempfile  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as temporary:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = temporary
+        try:
+            writer = _exemplars.Writer()
+            keys = [json.dumps(["metric", "metric_total", {"n": str(n)}]) for n in range(4)]
+            for number in range(1, 40):
+                trace_id, span_id = span_ids(number)
+                writer.write(keys[number % 4], number, trace_id, span_id, float(number))
+            path = os.path.join(temporary, _exemplars.file_name(os.getpid()))  # noqa: PTH118
+            with open(path, "rb") as file:  # noqa: PTH123
+                return file.read(16 + 4 * 256), frozenset(keys)
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+@given(st.lists(st.tuples(st.integers(0, 16 + 4 * 256 - 1), st.integers(1, 255)), max_size=8))
+def test_damaged_bytes_never_read_as_a_torn_exemplar(changes: list[tuple[int, int]]) -> None:
+    """Whatever bytes change in a file, a read fails whole or gives only written exemplars."""
+    data, keys = written_file()
+    damaged = bytearray(data)
+    for offset, flip in changes:
+        damaged[offset] ^= flip
+    try:
+        stored = _exemplars.read(bytes(damaged))
+    except _exemplars.BadExemplarFileError:
+        return
+    for series, exemplar in stored.items():
+        assert series in keys
+        assert whole((exemplar.trace_id, exemplar.span_id, exemplar.value))
+        assert exemplar.timestamp == exemplar.value
