@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING, Final
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry import trace
+from prometheus_client import Counter, values
 from prometheus_client import multiprocess as stock
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+import veza_business_metrics as business
 from helpers import (
     LOGINS,
     REVENUE,
@@ -32,6 +35,8 @@ from helpers import (
 )
 from mp_worker import span_ids
 from veza_business_metrics import multiprocess
+from veza_business_metrics._exemplars import TracedToFile
+from veza_business_metrics._exemplars import traced as traced_child
 from veza_business_metrics.multiprocess import _exemplars
 
 if TYPE_CHECKING:
@@ -328,20 +333,95 @@ def test_a_process_that_finds_a_damaged_file_under_its_pid_starts_it_again(
     assert served(directory) == traced(3)
 
 
-def test_the_limits_of_a_file_skip_the_exemplar_never_the_count(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def in_multiprocess_mode(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make the counters created in this test keep their values in ``directory``'s files."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())  # type: ignore[no-untyped-call]
+    # The process's writer opens its file once: each test gets a writer of its own.
+    monkeypatch.setattr(_exemplars, "writer", _exemplars.Writer())
+    return directory
+
+
+def own_file(directory: Path) -> dict[str, _exemplars.Stored]:
+    """Return the exemplars in this process's file in ``directory``."""
+    return _exemplars.read_file(directory / _exemplars.file_name(os.getpid()))
+
+
+def test_a_traced_child_in_multiprocess_mode_writes_what_the_collector_serves(
+    in_multiprocess_mode: Path,
 ) -> None:
-    """A key too long, or a series past the file's capacity, gets no exemplar and no error."""
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    writer = _exemplars.Writer()
-    writer.write("k" * (_exemplars.MAX_KEY_BYTES + 1), 1, 1, 1, 1.0)
+    """In multiprocess mode a traced child counts in its file and writes its span's ids."""
+    revenue = Counter(REVENUE.removesuffix("_total"), "Revenue.", ["currency"], registry=None)
+    business.enable_trace_exemplars()
+    try:
+        child = traced_child(revenue.labels("EUR"))
+        assert type(child) is TracedToFile
+        trace_id, span_id = span_ids(9)
+        flags = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+        ids = trace.SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
+        with trace.use_span(trace.NonRecordingSpan(ids)):
+            child.inc(1999)
+        child.inc(1)
+    finally:
+        business.disable_trace_exemplars()
+    assert served(in_multiprocess_mode) == {EUR: (trace_id, span_id, 1999.0)}
+    assert samples(multiprocess.MultiProcessCollector(None, str(in_multiprocess_mode)))[EUR] == (
+        2000
+    )
+
+
+def test_a_writer_goes_on_after_the_slots_its_pid_left(in_multiprocess_mode: Path) -> None:
+    """A writer that finds its pid's file keeps its exemplars and continues each sequence."""
+    _exemplars.Writer().write("first", 1, 1, 1, 1.0)
+    _exemplars.writer.write("first", 2, 2, 2, 2.0)
+    _exemplars.writer.write("second", 3, 3, 3, 3.0)
+    stored = own_file(in_multiprocess_mode)
+    assert {key: (e.sequence, e.value) for key, e in stored.items()} == {
+        "first": (2, 2.0),
+        "second": (1, 3.0),
+    }
+
+
+@pytest.mark.parametrize("left", [b"", bytes(64), b"VBEX", b"VBEX\x09\x00\x00\x00" * 8])
+def test_a_writer_starts_again_a_file_that_holds_no_exemplar_of_this_release(
+    in_multiprocess_mode: Path, left: bytes
+) -> None:
+    """An empty, unwritten, short or foreign file under this pid is started again, then written."""
+    (in_multiprocess_mode / _exemplars.file_name(os.getpid())).write_bytes(left)
+    _exemplars.writer.write("series", 5, 5, 5, 5.0)
+    assert own_file(in_multiprocess_mode) == {"series": _exemplars.Stored(5.0, 1, 5.0, 5, 5)}
+
+
+@pytest.mark.parametrize(("data", "read"), [(b"", {}), (bytes(16), {}), (bytes(4000), {})])
+def test_a_file_that_its_writer_never_wrote_to_reads_as_empty(
+    data: bytes, read: dict[str, _exemplars.Stored]
+) -> None:
+    """A file killed between its creation, its sizing and its header holds no exemplar."""
+    assert _exemplars.read(data) == read
+
+
+@pytest.mark.parametrize("data", [b"VBEX", b"VBEX\x01\x00\x00\x00\xff\xff\x00\x00" + bytes(4)])
+def test_a_file_cut_short_is_refused(data: bytes) -> None:
+    """A header cut short, or one that counts more slots than the file holds, is refused."""
+    with pytest.raises(_exemplars.BadExemplarFileError):
+        _exemplars.read(data)
+
+
+def test_the_limits_of_a_file_skip_the_exemplar_never_the_scrape(
+    in_multiprocess_mode: Path,
+) -> None:
+    """A key too long, a series past the file's capacity or a foreign key fails nothing."""
+    _exemplars.writer.write("k" * (_exemplars.MAX_KEY_BYTES + 1), 1, 1, 1, 1.0)
     for index in range(_exemplars.CAPACITY + 1):
-        writer.write(f"series {index}", index, index + 1, index + 1, 1.0)
-    stored = _exemplars.read_file(tmp_path / _exemplars.file_name(os.getpid()))
+        _exemplars.writer.write(f"series {index}", index, index + 1, index + 1, 1.0)
+    stored = own_file(in_multiprocess_mode)
     assert len(stored) == _exemplars.CAPACITY
     assert f"series {_exemplars.CAPACITY - 1}" in stored
     assert f"series {_exemplars.CAPACITY}" not in stored
     assert "k" * (_exemplars.MAX_KEY_BYTES + 1) not in stored
+    # Keys that no counter of this library has are read, and attached to no sample.
+    assert served(in_multiprocess_mode) == {}
 
 
 def test_a_forked_child_writes_its_own_file(

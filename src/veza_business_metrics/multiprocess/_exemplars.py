@@ -133,20 +133,21 @@ class Writer:
         # Kept open for the process's life: a merge sees in /proc that the file is in use.
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         os.fchmod(descriptor, 0o644)
-        if os.fstat(descriptor).st_size != FILE_SIZE:
-            os.ftruncate(descriptor, FILE_SIZE)
+        # A process that had this pid before may have left its exemplars, not merged
+        # yet: they are kept, and this process goes on after their slots.
+        try:
+            stored = read(os.pread(descriptor, FILE_SIZE, 0))
+        except BadExemplarFileError:
+            stored = None
+        if stored is None or os.pread(descriptor, len(_MAGIC), 0) != _MAGIC:
+            # New, or damaged: started again empty, and sparse, which writing zeros is not.
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, _HEADER.pack(_MAGIC, _VERSION, 0), 0)
+        os.ftruncate(descriptor, FILE_SIZE)
         self._map = mmap.mmap(descriptor, FILE_SIZE)
         self._descriptor = descriptor
-        # A process that had this pid before may have left its exemplars, not merged
-        # yet: they are kept, and this process goes on after its slots.
-        try:
-            stored = read(bytes(self._map[: _HEADER_SIZE + CAPACITY * _SLOT_SIZE]))
-        except BadExemplarFileError:
-            stored = {}
-            self._map[:_HEADER_SIZE] = _HEADER.pack(_MAGIC, _VERSION, 0).ljust(_HEADER_SIZE, b"\0")
-            self._map[_HEADER_SIZE:] = bytes(FILE_SIZE - _HEADER_SIZE)
         for index, key in enumerate(_keys(self._map)):
-            newest = stored.get(key)
+            newest = (stored or {}).get(key)
             self._slots[key] = (
                 _HEADER_SIZE + index * _SLOT_SIZE,
                 0 if newest is None else newest.sequence,
@@ -169,14 +170,18 @@ class Writer:
         return slot
 
 
-def _keys(data: mmap.mmap | bytes) -> list[str]:
+def _keys(data: mmap.mmap) -> list[str]:
     (_, _, used) = _HEADER.unpack_from(data)
-    keys = []
-    for index in range(used):
-        offset = _HEADER_SIZE + index * _SLOT_SIZE
-        (length,) = _KEY_LENGTH.unpack_from(data, offset)
-        keys.append(bytes(data[offset + 2 : offset + 2 + length]).decode("utf-8", "replace"))
-    return keys
+    return [
+        _key_at(data, _HEADER_SIZE + index * _SLOT_SIZE).decode("utf-8", "replace")
+        for index in range(used)
+    ]
+
+
+def _key_at(data: mmap.mmap | bytes, offset: int) -> bytes:
+    (length,) = _KEY_LENGTH.unpack_from(data, offset)
+    start = offset + _KEY_LENGTH.size
+    return bytes(data[start : start + min(length, MAX_KEY_BYTES)])
 
 
 def read(data: bytes) -> dict[str, Stored]:
@@ -189,6 +194,10 @@ def read(data: bytes) -> dict[str, Stored]:
         BadExemplarFileError: If the header is not this release's, or counts more slots
             than the file holds.
     """
+    # A writer killed between creating its file and writing the header leaves it empty,
+    # or sized and all zeros: it wrote no exemplar yet.
+    if not data.strip(b"\0"):
+        return {}
     if len(data) < _HEADER_SIZE:
         msg = "it is shorter than its header"
         raise BadExemplarFileError(msg)
@@ -202,16 +211,12 @@ def read(data: bytes) -> dict[str, Stored]:
     stored = {}
     for index in range(used):
         offset = _HEADER_SIZE + index * _SLOT_SIZE
-        (length,) = _KEY_LENGTH.unpack_from(data, offset)
-        if length > MAX_KEY_BYTES:
-            continue
-        encoded = bytes(data[offset + 2 : offset + 2 + length])
+        encoded = _key_at(data, offset)
         newest = _newest_half(data, offset, zlib.crc32(encoded))
+        # A half is whole only if its checksum, which starts from the key's, matches: the
+        # key is then the very one the writer wrote, UTF-8.
         if newest is not None:
-            try:
-                stored[encoded.decode("utf-8")] = newest
-            except UnicodeDecodeError:
-                continue
+            stored[encoded.decode("utf-8", "replace")] = newest
     return stored
 
 

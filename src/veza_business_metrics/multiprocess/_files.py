@@ -164,16 +164,21 @@ def _checked(path: str, kind: str) -> dict[str, float] | None:
     try:
         return entries(path, kind)
     except CorruptFileError as error:
-        if path not in _reported:
-            if len(_reported) < _MAX_CHECKED_KEYS:
-                _reported.add(path)
-            LOG.error(  # noqa: TRY400  a corrupt file, not a bug: its traceback tells nothing
-                "Skipped %s in every scrape: %s. Its process's counts are unknowable; it"
-                " is moved aside as *.corrupt once the process exits",
-                path,
-                error,
-            )
+        _report_once(
+            path,
+            "Skipped %s in every scrape: %s. Its process's counts are unknowable; it is moved"
+            " aside as *.corrupt once the process exits",
+            error,
+        )
         return None
+
+
+def _report_once(path: str, message: str, error: Exception) -> None:
+    """Log ``message`` about the corrupt file ``path`` unless this process did already."""
+    if path not in _reported:
+        if len(_reported) < _MAX_CHECKED_KEYS:
+            _reported.add(path)
+        LOG.error(message, path, error)
 
 
 def _additive_values(
@@ -217,15 +222,12 @@ def _checked_exemplars(path: str) -> dict[str, _exemplars.Stored]:
     try:
         return _exemplars.read_file(path)
     except _exemplars.BadExemplarFileError as error:
-        if path not in _reported:
-            if len(_reported) < _MAX_CHECKED_KEYS:
-                _reported.add(path)
-            LOG.error(  # noqa: TRY400  a corrupt file, not a bug: its traceback tells nothing
-                "Skipped the exemplars of %s in every scrape: %s. It is moved aside as"
-                " *.corrupt once its process exits",
-                path,
-                error,
-            )
+        _report_once(
+            path,
+            "Skipped the exemplars of %s in every scrape: %s. It is moved aside as *.corrupt"
+            " once its process exits",
+            error,
+        )
         return {}
 
 
