@@ -464,6 +464,38 @@ class Worker:
                 pipe.close()
 
 
+# What a served exemplar says, by series: its trace id, its span id, its value.
+Served = dict[Key, tuple[int, int, float]]
+
+
+def served(directory: Path) -> Served:
+    """Return the exemplar of every series that the package's collector serves."""
+    from veza_business_metrics import multiprocess  # noqa: PLC0415
+
+    found = {}
+    for family in multiprocess.MultiProcessCollector(None, path=str(directory)).collect():
+        for sample in family.samples:
+            if sample.exemplar is not None:
+                labels = sample.exemplar.labels
+                found[sample.name, tuple(sorted(sample.labels.items()))] = (
+                    int(labels["trace_id"], 16),
+                    int(labels["span_id"], 16),
+                    sample.exemplar.value,
+                )
+    return found
+
+
+def traced(number: int) -> Served:
+    """Return what a worker's ``traced number N`` serves: a login's and 100 cents' exemplars."""
+    from mp_worker import span_ids  # noqa: PLC0415
+
+    trace_id, span_id = span_ids(number)
+    return {
+        key(LOGINS, "outcome", "success"): (trace_id, span_id, 1.0),
+        key(REVENUE, "currency", "EUR"): (trace_id, span_id, 100.0),
+    }
+
+
 def worker_samples(recorded: int) -> Series:
     """Return the samples that workers which recorded ``recorded`` events in all export."""
     # Series with a label appear on first use; the others exist from the start.

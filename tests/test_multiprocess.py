@@ -49,6 +49,8 @@ from helpers import (
     poll,
     running_prometheus,
     samples,
+    served,
+    traced,
     worker_samples,
     wsgi_served,
 )
@@ -1192,6 +1194,8 @@ class WorkersDyingWhileScraped(RuleBasedStateMachine):
         self.live: list[Worker] = []
         self.dead: list[Worker] = []
         self.last: Series = {}
+        # The number of the last span a worker recorded in, whose exemplars are served.
+        self.spans = 0
 
     @precondition(lambda self: len(self.live) < 3)
     @rule()
@@ -1200,10 +1204,15 @@ class WorkersDyingWhileScraped(RuleBasedStateMachine):
         self.live.append(Worker(self.directory))
 
     @precondition(lambda self: self.live)
-    @rule(data=st.data(), count=st.integers(1, 50))
-    def record(self, data: st.DataObject, count: int) -> None:
-        """A live worker records events."""
-        data.draw(st.sampled_from(self.live)).record(count)
+    @rule(data=st.data(), count=st.integers(1, 50), in_span=st.booleans())
+    def record(self, data: st.DataObject, count: int, in_span: bool) -> None:  # noqa: FBT001
+        """A live worker records events, in a new sampled span or outside any."""
+        worker = data.draw(st.sampled_from(self.live))
+        if in_span:
+            self.spans += 1
+            worker.traced(self.spans, count)
+        else:
+            worker.record(count)
 
     @precondition(lambda self: self.live)
     @rule(data=st.data(), killed=st.booleans())
@@ -1242,6 +1251,11 @@ class WorkersDyingWhileScraped(RuleBasedStateMachine):
         assert now == (worker_samples(sum(w.recorded for w in workers)) if workers else {})
         assert all(now.get(series, -1) >= value for series, value in self.last.items())
         self.last = now
+
+    @invariant()
+    def newest_exemplar_served(self) -> None:
+        """Every scrape serves the exemplars of the span recorded in last, whatever died."""
+        assert served(self.directory) == (traced(self.spans) if self.spans else {})
 
     def teardown(self) -> None:
         """Reap every worker and remove the directory."""

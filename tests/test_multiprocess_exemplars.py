@@ -30,6 +30,8 @@ from helpers import (
     key,
     merge_in_a_process,
     samples,
+    served,
+    traced,
     worker_samples,
     wsgi_served,
 )
@@ -48,10 +50,6 @@ if TYPE_CHECKING:
     # wsgi_served or asgi_served: serves an app on 127.0.0.1 and gives its URL.
     ServedApp: TypeAlias = Callable[[Any], AbstractContextManager[str]]
 
-    from helpers import Key
-
-# What a served exemplar says: its trace id, its span id, its value.
-Served = dict["Key", tuple[int, int, float]]
 
 ARCHIVES: Final = {"counter_archive.db", "histogram_archive.db"}
 EUR: Final = key(REVENUE, "currency", "EUR")
@@ -64,27 +62,6 @@ def directory(tmp_path: Path) -> Path:
     path = tmp_path / "metrics"
     path.mkdir()
     return path
-
-
-def served(directory: Path) -> Served:
-    """Return the exemplar of every series that this package's collector serves."""
-    found = {}
-    for family in multiprocess.MultiProcessCollector(None, path=str(directory)).collect():
-        for sample in family.samples:
-            if sample.exemplar is not None:
-                labels = sample.exemplar.labels
-                found[sample.name, tuple(sorted(sample.labels.items()))] = (
-                    int(labels["trace_id"], 16),
-                    int(labels["span_id"], 16),
-                    sample.exemplar.value,
-                )
-    return found
-
-
-def traced(number: int) -> Served:
-    """Return what a worker's ``traced number N`` serves: a login's and 100 cents' exemplars."""
-    trace_id, span_id = span_ids(number)
-    return {SUCCESS: (trace_id, span_id, 1.0), EUR: (trace_id, span_id, 100.0)}
 
 
 def start(directory: Path, workers: list[Worker]) -> Worker:
