@@ -385,6 +385,39 @@ def test_a_file_cut_short_is_refused(data: bytes) -> None:
         _exemplars.read(data)
 
 
+def test_a_signal_handler_that_records_during_a_write_leaves_every_exemplar_whole(
+    in_multiprocess_mode: Path,
+) -> None:
+    """A handler's exemplar in the middle of a write is dropped; every other one is kept."""
+    written: dict[str, int] = {}
+    handling = []
+
+    def handler(_signal: int, _frame: object) -> None:
+        if handling:  # the timer fired again inside the handler: its write is enough
+            return
+        handling.append(True)
+        number = 10_000 + len(written)
+        written[f"signal {number}"] = number
+        _exemplars.writer.write(f"signal {number}", number, number, number, 1.0)
+        handling.clear()
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    try:
+        for number in range(1, 600):
+            written[f"main {number}"] = number
+            _exemplars.writer.write(f"main {number}", number, number, number, 1.0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    stored = {key: exemplar.span_id for key, exemplar in own_file(in_multiprocess_mode).items()}
+    assert {key: written[key] for key in written if key.startswith("main")}.items() <= (
+        stored.items()
+    )
+    assert stored.items() <= written.items()
+    assert any(key.startswith("signal") for key in stored)
+
+
 def test_the_limits_of_a_file_skip_the_exemplar_never_the_scrape(
     in_multiprocess_mode: Path,
 ) -> None:

@@ -95,6 +95,8 @@ class Writer:
         # Each series' slot offset, the sequence of its newest exemplar, and the CRC of
         # its key, which every half's CRC starts from.
         self._slots: dict[str, tuple[int, int, int]] = {}
+        # The thread in the middle of a write, if any.
+        self._writing: int | None = None
 
     def write(self, key: str, value: float, trace_id: int, span_id: int, timestamp: float) -> None:
         """Make the exemplar the newest of the series ``key`` in this process's file.
@@ -106,24 +108,37 @@ class Writer:
             span_id: The span's id, below 2**64.
             timestamp: When the increment happened, in seconds since the epoch.
         """
+        thread = threading.get_ident()
+        # A signal handler that records in the middle of its thread's write would find
+        # the writer's state half changed: its exemplar is dropped, its count is not.
+        if self._writing == thread:
+            return
+        # Reentrant, so that a handler that runs after the lock is taken, or before it
+        # is let go, but outside the write, neither deadlocks nor is dropped.
         with self._lock:
-            if self._map is None:
-                self._open()
-            slot = self._slots.get(key)
+            self._writing = thread
+            try:
+                self._write(key, value, trace_id, span_id, timestamp)
+            finally:
+                self._writing = None
+
+    def _write(
+        self, key: str, value: float, trace_id: int, span_id: int, timestamp: float
+    ) -> None:
+        if self._map is None:
+            self._open()
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._add(key)
             if slot is None:
-                slot = self._add(key)
-                if slot is None:
-                    return
-            offset, sequence, key_checksum = slot
-            sequence += 1
-            half = _HALF.pack(
-                sequence, value, timestamp, trace_id >> 64, trace_id & _MASK_64, span_id
-            )
-            checksum = _CHECKSUM.pack(zlib.crc32(half, key_checksum))
-            start = offset + _SLOT_SIZE // 2 + (sequence & 1) * _HALF_SIZE
-            # One copy, so that a signal handler that records meanwhile never splits it.
-            self._map[start : start + len(half) + len(checksum)] = half + checksum  # type: ignore[index]
-            self._slots[key] = offset, sequence, key_checksum
+                return
+        offset, sequence, key_checksum = slot
+        sequence += 1
+        half = _HALF.pack(sequence, value, timestamp, trace_id >> 64, trace_id & _MASK_64, span_id)
+        checksum = _CHECKSUM.pack(zlib.crc32(half, key_checksum))
+        start = offset + _SLOT_SIZE // 2 + (sequence & 1) * _HALF_SIZE
+        self._map[start : start + len(half) + len(checksum)] = half + checksum  # type: ignore[index]
+        self._slots[key] = offset, sequence, key_checksum
 
     def _open(self) -> None:
         # prometheus_client set it from the lower-case name, if need be, when it created
