@@ -7,6 +7,11 @@ installed; its metrics are then on ``http://127.0.0.1:8000/metrics/``.
 With ``PROMETHEUS_MULTIPROC_DIR`` set, it serves every worker's counts, so that any ASGI
 server may run it with several workers (``docs/hosts/servers.md``); ``/metrics`` then
 answers only ``Authorization: Bearer $METRICS_TOKEN`` where ``METRICS_TOKEN`` is set.
+
+With ``SHOP_TRACES=1`` and opentelemetry-sdk installed, each request runs in a sampled
+span (``tracing.py``) whose ids its events attach as exemplars, and each response tells
+them in a ``traceparent`` header, with the worker's pid in ``x-worker-pid``
+(``docs/exemplars.md``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import Counter, Histogram, make_asgi_app
 
 import shop
+import veza_business_metrics as business
 from veza_business_metrics import multiprocess
 
 # The host application's own metrics, which the multiprocess files carry too.
@@ -35,6 +41,12 @@ else:
     metrics_app = make_asgi_app()
 # A mount answers /metrics with a redirect to /metrics/, which Prometheus follows.
 app.mount("/metrics", metrics_app)
+if os.environ.get("SHOP_TRACES") == "1":
+    # Only then, so that the shop runs without OpenTelemetry's SDK installed.
+    from tracing import TraceEachRequest
+
+    app.add_middleware(TraceEachRequest)
+    business.enable_trace_exemplars()
 
 
 async def _json(request: Request) -> object:

@@ -195,17 +195,29 @@ def free_port() -> int:
 
 def http(method: str, url: str, body: object = None) -> tuple[int, Any]:
     """Send one request with an optional JSON body; return the status and decoded JSON."""
+    status, payload, _ = http_with_headers(method, url, body)
+    return status, payload
+
+
+def http_with_headers(
+    method: str, url: str, body: object = None
+) -> tuple[int, Any, dict[str, str]]:
+    """Send one request as ``http`` does; return the status, the JSON and the headers.
+
+    The headers' names are in lower case.
+    """
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(  # noqa: S310
         url, data=data, method=method, headers={"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            status, raw = response.status, response.read()
+            status, raw, headers = response.status, response.read(), response.headers
     except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
+        status, raw, headers = error.code, error.read(), error.headers
         error.close()
-    return status, json.loads(raw) if raw else None
+    named = {name.lower(): value for name, value in headers.items()}
+    return status, json.loads(raw) if raw else None, named
 
 
 def fetch(url: str) -> str:
@@ -851,6 +863,18 @@ class Prometheus:
         result: list[dict[str, Any]] = data["result"]
         return result
 
+    def exemplars(self, promql: str, start: float, end: float) -> list[dict[str, Any]]:
+        """Return the exemplars of the series that ``promql`` selects, between two Unix times.
+
+        Each item holds a series' ``seriesLabels`` and its ``exemplars``, each with its
+        ``labels``, ``value`` and ``timestamp``. Only a server run with the flag
+        ``--enable-feature=exemplar-storage`` keeps any.
+        """
+        result: list[dict[str, Any]] = self.api(
+            "query_exemplars", query=promql, start=f"{start:.3f}", end=f"{end:.3f}"
+        )
+        return result
+
 
 @contextlib.contextmanager
 def running_prometheus(
@@ -858,10 +882,12 @@ def running_prometheus(
     rule_file: Path,
     targets: Mapping[str, Sequence[str]],
     settings: Mapping[str, Mapping[str, object]] | None = None,
+    flags: Sequence[str] = (),
 ) -> Iterator[Prometheus]:
     """Run Debian's Prometheus on ``targets`` with ``rule_file`` until the block ends.
 
-    ``settings`` adds scrape settings to the jobs it names.
+    ``settings`` adds scrape settings to the jobs it names; ``flags`` are added to its
+    command line, such as ``--enable-feature=exemplar-storage``.
     """
     binary = require_tool("prometheus")
     server = Prometheus(f"http://127.0.0.1:{free_port()}", directory / "prometheus.yml", rule_file)
@@ -872,6 +898,7 @@ def running_prometheus(
         f"--storage.tsdb.path={directory / 'data'}",
         f"--web.listen-address={server.url.removeprefix('http://')}",
         "--web.enable-lifecycle",
+        *flags,
     ]
     with serving(command, f"{server.url}/-/ready", directory, directory / "prometheus.log"):
         yield server

@@ -9,8 +9,23 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 
-from helpers import config_documents, promtool_ok, vector_selectors
+from helpers import (
+    LOGINS,
+    ORDERS,
+    REVENUE,
+    config_documents,
+    exposing,
+    key,
+    poll,
+    promtool_ok,
+    running_prometheus,
+    vector_selectors,
+)
+from veza_business_metrics import BusinessMetrics, disable_trace_exemplars, enable_trace_exemplars
 from veza_business_metrics._config import Settings, matcher_text, settings_from_mapping
 from veza_business_metrics._dashboard import (
     CONFIGMAP_KEY,
@@ -38,11 +53,16 @@ TUNED = {
 }
 
 
-def queries(settings: Settings) -> list[str]:
-    """Return every panel query with the Grafana variables substituted."""
+def queries(settings: Settings, *, exemplar: bool | None = None) -> list[str]:
+    """Return every panel query with the Grafana variables substituted.
+
+    With ``exemplar``, only the queries whose exemplars Grafana shows, or only the others.
+    """
     found = []
     for panel in dashboard(settings)["panels"]:
         for target in panel["targets"]:
+            if exemplar is not None and target["exemplar"] is not exemplar:
+                continue
             expr = target["expr"]
             for variable, value in VARIABLES.items():
                 expr = expr.replace(variable, value)
@@ -106,7 +126,7 @@ def test_every_panel_and_target_uses_the_datasource_variable() -> None:
 def test_queries_read_only_business_series_through_recording_rules(
     config: dict[str, object],
 ) -> None:
-    """Queries select only veza_business series, and recording rules where one exists."""
+    """Queries but the exemplars' select veza_business series, recording rules where one exists."""
     tuned = settings_from_mapping(config)
     recorded = {
         rule["record"]
@@ -115,7 +135,7 @@ def test_queries_read_only_business_series_through_recording_rules(
         if "record" in rule
     }
     used = set()
-    for expr in queries(tuned):
+    for expr in queries(tuned, exemplar=False):
         names = metric_names(expr)
         assert names, expr
         assert all(name.startswith("veza_business") for name in names), expr
@@ -126,6 +146,30 @@ def test_queries_read_only_business_series_through_recording_rules(
         f"veza_business:login_error_ratio:rate{window}"
         for window in ["5m", "30m", "1h", "2h", "6h", "1d", "3d"]
     }
+
+
+def test_revenue_order_and_login_failure_panels_show_the_raw_counters_exemplars() -> None:
+    """Those panels ask for the exemplars of a query of the raw counter that plots nothing."""
+    panels = dashboard(settings_from_mapping(TUNED))["panels"]
+    shown = {
+        each["title"]: [target["expr"] for target in each["targets"] if target["exemplar"]]
+        for each in panels
+    }
+    matchers = 'job=~"shop|api", env="prod"'
+    failed_logins = f'veza_business_logins_total{{outcome=~"failure_.*", {matchers}}} < 0'
+    revenue = f'currency=~"$currency", currency!~".*-refund", {matchers}'
+    assert {title: exprs for title, exprs in shown.items() if exprs} == {
+        "Logins by outcome": [failed_logins],
+        "Login failure ratio": [failed_logins],
+        "Order events by status": [f"veza_business_orders_total{{{matchers}}} < 0"],
+        "Revenue and net revenue by currency": [
+            f"veza_business_revenue_cents_total{{{revenue}}} < 0"
+        ],
+    }
+    for each in panels:
+        # Grafana's default for a query without the setting depends on its version.
+        assert all(isinstance(target["exemplar"], bool) for target in each["targets"])
+        assert ("trace exemplars" in each["description"]) is bool(shown[each["title"]])
 
 
 def test_metric_names_sees_through_promql_syntax() -> None:
@@ -189,3 +233,69 @@ def test_every_query_is_valid_promql(
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     printed = promtool_ok(promtool, "check", "rules", str(path))
     assert f"SUCCESS: {len(rules)} rules found" in printed
+
+
+@pytest.mark.once
+def test_prometheus_gives_each_exemplar_query_the_spans_exemplars(tmp_path: Path) -> None:
+    """A real Prometheus returns the exemplars of each exemplar query's series, and no samples."""
+    registry = CollectorRegistry()
+    metrics = BusinessMetrics(registry)
+    rules = tmp_path / "rules.yml"
+    rules.write_text("groups: []\n")
+    enable_trace_exemplars()
+    try:
+        with TracerProvider().get_tracer(__name__).start_as_current_span("shop") as span:
+            metrics.record_login_failure_2fa()
+            metrics.record_login_success()
+            metrics.record_order_failed()
+            metrics.record_revenue(1999, "EUR")
+            metrics.record_refund(500, "EUR")
+            metrics.record_revenue(700, "JPY")
+    finally:
+        disable_trace_exemplars()
+    ids = {
+        "trace_id": trace.format_trace_id(span.get_span_context().trace_id),
+        "span_id": trace.format_span_id(span.get_span_context().span_id),
+    }
+    exprs = queries(Settings(), exemplar=True)
+    with (
+        exposing(registry) as url,
+        running_prometheus(
+            tmp_path,
+            rules,
+            {"shop": [url.removeprefix("http://").removesuffix("/metrics")]},
+            flags=["--enable-feature=exemplar-storage"],
+        ) as prometheus,
+    ):
+
+        def returned() -> dict[str, list[dict[str, Any]]]:
+            return {expr: prometheus.exemplars(expr, 0, 2**32) for expr in exprs}
+
+        found = poll(returned, lambda found: all(found.values()))
+        plotted = {expr: prometheus.query(expr) for expr in exprs}
+    series = {
+        expr: {
+            (item["seriesLabels"]["__name__"], labels(item)): [
+                exemplar["labels"] for exemplar in item["exemplars"]
+            ]
+            for item in items
+        }
+        for expr, items in found.items()
+    }
+    failed_logins = {key(LOGINS, "outcome", "failure_2fa"): [ids]}
+    assert series == {
+        exprs[0]: failed_logins,
+        exprs[1]: failed_logins,
+        exprs[2]: {key(ORDERS, "status", "failed"): [ids]},
+        exprs[3]: {key(REVENUE, "currency", "EUR"): [ids]},
+    }
+    assert plotted == {expr: [] for expr in exprs}
+
+
+def labels(item: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Return the labels of a series that Prometheus returned, but its name and target's."""
+    return tuple(
+        (name, value)
+        for name, value in sorted(item["seriesLabels"].items())
+        if name not in {"__name__", "instance", "job"}
+    )

@@ -23,6 +23,10 @@ import pytest
 
 from helpers import (
     EXAMPLES,
+    LOGIN_CASES,
+    LOGINS,
+    ORDERS,
+    REVENUE,
     ZERO,
     Scraper,
     WorkerWatcher,
@@ -31,9 +35,12 @@ from helpers import (
     fetch,
     files_by_type,
     free_port,
+    http_with_headers,
+    key,
     poll,
     process_state,
     require_tool,
+    running_prometheus,
     samples,
     server_workers,
     serving,
@@ -43,7 +50,7 @@ from helpers import (
 )
 
 if TYPE_CHECKING:
-    from helpers import Load, Series
+    from helpers import Key, Load, Prometheus, Series
 
 WORKERS = 3
 # Traffic runs while workers are killed or recycled, and as long as the server's
@@ -392,3 +399,179 @@ def test_fastapi_example_serves_metrics_only_with_its_token(tmp_path: Path) -> N
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
             assert business_series(response.read().decode()) == ZERO
+
+
+# The traced traffic: this many requests at the most, for this many seconds at the most,
+# long enough for several scrapes to catch the newest exemplar of different workers.
+TRACED_REQUESTS = 3_000
+TRACED_SECONDS = 6.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """A request that the traced shop answered: its span, its worker and what it recorded."""
+
+    trace_id: str
+    span_id: str
+    pid: int
+    # Each series it incremented, by name and labels, with the increment.
+    recorded: dict[Key, float]
+
+
+def traced_request(base: str, number: int) -> Span:
+    """Send request ``number`` of the traced traffic; return the span that answered it.
+
+    In turn, a login, a completed order whose amount tells it apart, a created order and
+    a failed one.
+    """
+    body: object = None
+    if number % 4 == 0:
+        body, status, outcome = LOGIN_CASES[number // 4 % len(LOGIN_CASES)]
+        path, recorded = "/login", {key(LOGINS, "outcome", outcome): 1.0}
+    elif number % 4 == 1:
+        amount = 100 + number
+        body, status = {"amount_cents": amount, "currency": "EUR"}, 200
+        path = f"/orders/{number}/complete"
+        recorded = {
+            key(REVENUE, "currency", "EUR"): float(amount),
+            key(ORDERS, "status", "completed"): 1.0,
+        }
+    elif number % 4 == 2:
+        body, status, path = {}, 201, "/orders"
+        recorded = {key(ORDERS, "status", "created"): 1.0}
+    else:
+        status, path = 200, f"/orders/{number}/fail"
+        recorded = {key(ORDERS, "status", "failed"): 1.0}
+    answer, _, headers = http_with_headers("POST", f"{base}{path}", body)
+    assert answer == status, (path, answer)
+    version, trace_id, span_id, flags = headers["traceparent"].split("-")
+    assert (version, flags) == ("00", "01"), headers["traceparent"]
+    return Span(trace_id, span_id, int(headers["x-worker-pid"]), recorded)
+
+
+def traced_traffic(base: str, requests: int, seconds: float) -> dict[tuple[str, str], Span]:
+    """Send ``requests`` traced requests at the most, for ``seconds`` at the most, 6 at a time.
+
+    Returns the spans that answered them, by trace id and span id.
+    """
+    deadline = time.monotonic() + seconds
+
+    def send(number: int) -> Span | None:
+        return traced_request(base, number) if time.monotonic() < deadline else None
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        spans = [span for span in pool.map(send, range(requests)) if span is not None]
+    return {(span.trace_id, span.span_id): span for span in spans}
+
+
+@dataclasses.dataclass(frozen=True)
+class Exemplar:
+    """An exemplar that Prometheus returned, with the series it is of."""
+
+    series: Key
+    trace_id: str
+    span_id: str
+    value: float
+
+
+def exemplars_of(prometheus: Prometheus, promql: str, start: float) -> list[Exemplar]:
+    """Return the exemplars that Prometheus holds since ``start`` for ``promql``'s series."""
+    found = []
+    for item in prometheus.exemplars(promql, start, time.time() + 60):
+        labels = item["seriesLabels"]
+        series = (
+            labels["__name__"],
+            tuple(
+                (name, value)
+                for name, value in sorted(labels.items())
+                if name not in {"__name__", "instance", "job"}
+            ),
+        )
+        for exemplar in item["exemplars"]:
+            ids = exemplar["labels"]
+            assert ids.keys() == {"trace_id", "span_id"}, ids
+            found.append(
+                Exemplar(series, ids["trace_id"], ids["span_id"], float(exemplar["value"]))
+            )
+    return found
+
+
+def test_prometheus_keeps_exemplars_of_spans_from_every_worker(tmp_path: Path) -> None:
+    """Prometheus keeps exemplars of 3 uvicorn workers' spans, each one a span the shop had."""
+    uvicorn = require_tool("uvicorn")
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    command = [uvicorn, "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", str(WORKERS), "fastapi_app:app"]
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(directory),
+        "PYTHONPATH": str(EXAMPLES),
+        "SHOP_TRACES": "1",
+    }
+    rules = tmp_path / "rules.yml"
+    rules.write_text("groups: []\n")
+    start = time.time()
+    names = (REVENUE, ORDERS, LOGINS)
+    log = tmp_path / "uvicorn.log"
+    with serving(command, f"http://{address}/metrics", tmp_path, log, env) as master:
+        wait_for_server_workers(master.pid, WORKERS)
+        with running_prometheus(
+            tmp_path, rules, {"shop": [address]}, flags=["--enable-feature=exemplar-storage"]
+        ) as prometheus:
+            up = poll(lambda: prometheus.query('up{job="shop"}'), lambda up: len(up) == 1)
+            assert [item["value"][1] for item in up] == ["1"], log.read_text()
+            spans = traced_traffic(f"http://{address}", TRACED_REQUESTS, TRACED_SECONDS)
+
+            def returned() -> dict[str, list[Exemplar]]:
+                return {name: exemplars_of(prometheus, name, start) for name in names}
+
+            def workers(found: dict[str, list[Exemplar]]) -> set[int]:
+                return {
+                    spans[exemplar.trace_id, exemplar.span_id].pid
+                    for exemplars in found.values()
+                    for exemplar in exemplars
+                    if (exemplar.trace_id, exemplar.span_id) in spans
+                }
+
+            found = poll(
+                returned,
+                lambda found: all(found.values()) and len(workers(found)) >= 2,
+                timeout=20,
+            )
+            # A scrape that failed, an exposition Prometheus could not parse, says why here.
+            scrapes = [
+                (target["health"], target["lastError"])
+                for target in prometheus.api("targets")["activeTargets"]
+            ]
+    every = [exemplar for name in names for exemplar in found[name]]
+    sample = []
+    # The newest exemplar of each series, against the response that told its span.
+    for exemplar in (found[name][-1] for name in names if found[name]):
+        span = spans.get((exemplar.trace_id, exemplar.span_id))
+        told = (
+            f"the response of worker {span.pid} told trace_id {span.trace_id} span_id"
+            f" {span.span_id}"
+            if span
+            else "no response told them"
+        )
+        sample.append(
+            f"{exemplar.series[0]}{dict(exemplar.series[1])}: Prometheus returned trace_id"
+            f" {exemplar.trace_id} span_id {exemplar.span_id}; {told}"
+        )
+    figures = (
+        f"{len(spans)} traced requests answered by the workers"
+        f" {sorted({span.pid for span in spans.values()})}; Prometheus returned"
+        f" {len(every)} exemplars, from the spans of the workers {sorted(workers(found))};"
+        f" the last scrape's health and error: {scrapes}\n" + "\n".join(sample)
+    )
+    (tmp_path / "exemplars.txt").write_text(f"{figures}\n")
+    print(f"\n{figures}")  # noqa: T201  (the trace ids a change's note quotes, with -s)
+    assert len({span.pid for span in spans.values()}) >= 2, figures
+    assert all(found[name] for name in names), figures
+    for exemplar in every:
+        span = spans.get((exemplar.trace_id, exemplar.span_id))
+        assert span is not None, f"{exemplar} is of no span the shop had\n{figures}"
+        assert span.recorded.get(exemplar.series) == exemplar.value, (exemplar, span)
+    assert len(workers(found)) >= 2, figures

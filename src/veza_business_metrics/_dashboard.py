@@ -7,7 +7,7 @@ import textwrap
 from typing import TYPE_CHECKING, Any
 
 from veza_business_metrics._config import number_text, percent_text
-from veza_business_metrics._rules import DELETIONS
+from veza_business_metrics._rules import DELETIONS, LOGINS, ORDERS, REVENUE
 
 if TYPE_CHECKING:
     from veza_business_metrics._config import Settings
@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 _DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 _CURRENCY_VALUES = "label_values(veza_business:revenue_cents:rate1h, currency)"
 CONFIGMAP_KEY = "veza-business-kpis.json"
+_EXEMPLARS_NOTE = (
+    " The dots are trace exemplars, each one event linked to its trace, from the raw"
+    " counter: recording rules keep none."
+)
 
 
 def _against_last_week(selector: str) -> str:
@@ -29,8 +33,16 @@ def _panel(  # noqa: PLR0913
     position: tuple[int, int, int],
     defaults: dict[str, Any],
     targets: list[tuple[str, str]],
+    exemplars: str = "",
 ) -> dict[str, Any]:
     x, y, width = position
+    queries = [(expr, legend, False) for expr, legend in targets]
+    if exemplars:
+        # Grafana asks Prometheus for the exemplars of every series that a query selects,
+        # and recorded series have none: this query selects the raw counter's series, and
+        # plots nothing, since a counter is never below 0.
+        queries.append((f"{exemplars} < 0", "exemplars", True))
+        description += _EXEMPLARS_NOTE
     return {
         "id": number,
         "type": "timeseries",
@@ -50,8 +62,9 @@ def _panel(  # noqa: PLR0913
                 "legendFormat": legend,
                 "refId": chr(ord("A") + index),
                 "range": True,
+                "exemplar": exemplar,
             }
-            for index, (expr, legend) in enumerate(targets)
+            for index, (expr, legend, exemplar) in enumerate(queries)
         ],
     }
 
@@ -65,6 +78,7 @@ def _panels(settings: Settings) -> list[dict[str, Any]]:
     slo = number_text(settings.login_slo_target)
     ratio = {"unit": "percentunit", "min": 0}
     per_hour = '{currency=~"$currency"} * 3600'
+    failed_logins = settings.selector(LOGINS, 'outcome=~"failure_.*"')
     return [
         _panel(
             1,
@@ -74,6 +88,7 @@ def _panels(settings: Settings) -> list[dict[str, Any]]:
             position=(0, 0, 12),
             defaults={"unit": "reqps"},
             targets=[("veza_business:logins:rate5m", "{{outcome}}")],
+            exemplars=failed_logins,
         ),
         _panel(
             2,
@@ -85,6 +100,7 @@ def _panels(settings: Settings) -> list[dict[str, Any]]:
             position=(12, 0, 12),
             defaults={**ratio, "max": 1},
             targets=[("veza_business:login_failure_ratio:rate5m", "failure ratio")],
+            exemplars=failed_logins,
         ),
         _panel(
             3,
@@ -94,6 +110,7 @@ def _panels(settings: Settings) -> list[dict[str, Any]]:
             position=(0, 8, 12),
             defaults={"unit": "reqps"},
             targets=[("veza_business:orders:rate1h", "{{status}}")],
+            exemplars=settings.selector(ORDERS),
         ),
         _panel(
             4,
@@ -117,6 +134,7 @@ def _panels(settings: Settings) -> list[dict[str, Any]]:
                 (f"veza_business:revenue_cents:rate1h{per_hour}", "{{currency}} revenue"),
                 (f"veza_business:net_revenue_cents:rate1h{per_hour}", "{{currency}} net"),
             ],
+            exemplars=settings.selector(REVENUE, 'currency=~"$currency"', 'currency!~".*-refund"'),
         ),
         _panel(
             6,
