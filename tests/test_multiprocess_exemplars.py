@@ -390,7 +390,7 @@ def test_a_signal_handler_that_records_during_a_write_leaves_every_exemplar_whol
 ) -> None:
     """A handler's exemplar in the middle of a write is dropped; every other one is kept."""
     written: dict[str, int] = {}
-    handling = []
+    handling: list[bool] = []
 
     def handler(_signal: int, _frame: object) -> None:
         if handling:  # the timer fired again inside the handler: its write is enough

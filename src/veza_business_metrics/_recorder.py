@@ -1,9 +1,16 @@
-"""Validation, then a cached child, then ``inc()``: the record path of every helper."""
+"""Validation, then a cached child, then ``inc()``: the record path of every helper.
+
+The cached child is a counter child's value, prometheus_client's private ``_value``,
+whose ``inc()`` is what ``Counter.inc()`` calls once it has checked that the amount is
+not negative and the counter has no labels left to fill: checks that validation made
+already, and that cost about a tenth of a bare ``inc()``. Tested on every minor release
+of prometheus_client from 0.20 on.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 from prometheus_client import REGISTRY, Counter, values
 
@@ -24,9 +31,15 @@ if TYPE_CHECKING:
 
     from veza_business_metrics._labels import LoginOutcomeValue, OrderStatusValue
 
-    # What the record path increments: a counter's child, or the same child through the
-    # wrapper that attaches trace exemplars while they are enabled.
-    Child = Counter | _exemplars.Traced
+    class Child(Protocol):
+        """What the record path increments: a child's value, or a wrapped child.
+
+        The wrapper attaches trace exemplars while they are enabled.
+        """
+
+        def inc(self, amount: float, /) -> None:
+            """Add ``amount``."""
+
 
 REFUND_SUFFIX: Final = "-refund"
 # A sample value is a float64: past 2**53 whole cents stop being exact.
@@ -353,31 +366,31 @@ class Recorder:
                 child = _child_by_value(self._login_by_value, LoginOutcome, outcome)
         except KeyError:
             raise label_error(LoginOutcome, outcome) from None
-        child.inc()
+        child.inc(1)
 
     def record_login_success(self) -> None:
         """Count one successful login."""
-        self._success.inc()
+        self._success.inc(1)
 
     def record_login_failure_credentials(self) -> None:
         """Count one login refused for a wrong password or unknown user."""
-        self._failure_credentials.inc()
+        self._failure_credentials.inc(1)
 
     def record_login_failure_unverified(self) -> None:
         """Count one login refused because the email address is not verified."""
-        self._failure_unverified.inc()
+        self._failure_unverified.inc(1)
 
     def record_login_failure_locked(self) -> None:
         """Count one login refused because the account is locked."""
-        self._failure_locked.inc()
+        self._failure_locked.inc(1)
 
     def record_login_failure_2fa(self) -> None:
         """Count one login that failed its second factor."""
-        self._failure_2fa.inc()
+        self._failure_2fa.inc(1)
 
     def record_login_failure_other(self) -> None:
         """Count one login that failed for any other reason."""
-        self._failure_other.inc()
+        self._failure_other.inc(1)
 
     def record_order_event(self, status: OrderStatus | OrderStatusValue) -> None:
         """Count one marketplace order moving to ``status``.
@@ -399,23 +412,23 @@ class Recorder:
                 child = _child_by_value(self._order_by_value, OrderStatus, status)
         except KeyError:
             raise label_error(OrderStatus, status) from None
-        child.inc()
+        child.inc(1)
 
     def record_order_created(self) -> None:
         """Count one order created."""
-        self._created.inc()
+        self._created.inc(1)
 
     def record_order_completed(self) -> None:
         """Count one order whose payment completed."""
-        self._completed.inc()
+        self._completed.inc(1)
 
     def record_order_refunded(self) -> None:
         """Count one order refunded."""
-        self._refunded.inc()
+        self._refunded.inc(1)
 
     def record_order_failed(self) -> None:
         """Count one order whose payment the provider rejected."""
-        self._failed.inc()
+        self._failed.inc(1)
 
     def record_revenue(self, amount_cents: int, currency: str) -> None:
         """Add revenue settled by the payment provider, in minor units of ``currency``.
@@ -469,7 +482,7 @@ class Recorder:
 
     def record_account_deletion(self) -> None:
         """Count one account hard-deleted or erased under the GDPR."""
-        self._deletions.inc()
+        self._deletions.inc(1)
 
     def _add_money(
         self, children: dict[str, Child], amount_cents: int, currency: str, *, refund: bool
@@ -481,17 +494,16 @@ class Recorder:
         # The fast path looks up exact strs only, so only they are worth a key; anything
         # else is keyed by its code. That bounds the keys at eight spellings per code.
         spelling = currency if type(currency) is str else code
-        child = children.get(spelling)
-        if child is None:
+        cached = children.get(spelling)
+        if cached is None:
             label = code + REFUND_SUFFIX if refund else code
-            child = self.revenue_cents_total.labels(label)
             # _wire() empties these caches when exemplars are enabled or disabled, after
             # the flag changed: a child cached from here on is wrapped as the flag says.
-            if _exemplars.enabled:
-                child = _exemplars.traced(child)
-            children[spelling] = child
-        child.inc(amount)
+            wrap = _exemplars.traced if _exemplars.enabled else _plain
+            cached = children[spelling] = wrap(self.revenue_cents_total.labels(label))
+        cached.inc(amount)
 
 
-def _plain(child: Counter) -> Counter:
-    return child
+def _plain(child: Counter) -> Child:
+    value: Child = child._value  # noqa: SLF001
+    return value
