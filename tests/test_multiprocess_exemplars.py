@@ -342,6 +342,8 @@ def test_a_traced_child_in_multiprocess_mode_writes_what_the_collector_serves(
         child.inc(1)
     finally:
         business.disable_trace_exemplars()
+        # prometheus_client keeps the counter file open for the process's life.
+        revenue.labels("EUR")._value._file.close()
     assert served(in_multiprocess_mode) == {EUR: (trace_id, span_id, 1999.0)}
     assert samples(multiprocess.MultiProcessCollector(None, str(in_multiprocess_mode)))[EUR] == (
         2000
