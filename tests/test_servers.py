@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import threading
 import time
@@ -257,6 +258,8 @@ class Run:
     at_end: dict[str, int]
     strays: set[int]
     seconds: float
+    # The exemplars of the last scrape, in OpenMetrics: trace id, span id, value.
+    exemplars: dict[Key, tuple[str, str, float]]
 
     @property
     def recycles(self) -> int:
@@ -273,7 +276,7 @@ class Run:
             f" {scraper.unavailable} answered 503, slowest scrape {scraper.slowest:.2f} s,"
             f" {self.kills} kills, {self.recycles} recycles, at most {self.watcher.most}"
             f" workers at once, files at the peak {dict(scraper.peak_files)}, at the end"
-            f" {self.at_end}, {self.seconds:.1f} s"
+            f" {self.at_end}, {self.seconds:.1f} s, exemplars at the end {self.exemplars}"
         )
 
 
@@ -298,7 +301,13 @@ def run_shop(server: Server, tmp_path: Path) -> Run:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [executable, *(argument.format(port=port) for argument in server.arguments)]
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(directory), "PYTHONPATH": str(EXAMPLES)}
+    # Each request in a sampled span: workers write exemplars while they are recycled and
+    # killed, and every scrape reads them.
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(directory),
+        "PYTHONPATH": str(EXAMPLES),
+        "SHOP_TRACES": "1",
+    }
     # The trailing slash saves the redirect of the mount.
     scraper = Scraper(f"{base}/metrics/", directory, interval=0.05, seconds=120)
     log = tmp_path / f"{server.name}.log"
@@ -325,6 +334,7 @@ def run_shop(server: Server, tmp_path: Path) -> Run:
             scraper.stop()
             assert master.poll() is None, f"{server.name} stopped:\n{log.read_text()}"
             final = samples(fetch(f"{base}/metrics"))
+            exemplars = exemplars_served(f"{base}/metrics/")
             at_end = files_by_type(directory)
         finally:
             scraper.stop()
@@ -334,7 +344,18 @@ def run_shop(server: Server, tmp_path: Path) -> Run:
             strays = reap_strays(watcher)
     seconds = time.monotonic() - started
     return Run(
-        server, expected, final, load, scraper, watcher, first, kills, at_end, strays, seconds
+        server,
+        expected,
+        final,
+        load,
+        scraper,
+        watcher,
+        first,
+        kills,
+        at_end,
+        strays,
+        seconds,
+        exemplars,
     )
 
 
@@ -357,6 +378,38 @@ def test_workers_that_come_and_go_keep_every_count(tmp_path: Path, server: Serve
     extra = server.master_writes + 1
     assert max(run.scraper.peak_files.values()) <= run.watcher.most + extra
     assert max(run.at_end.values()) <= WORKERS + extra
+    # The traffic completes orders of 100 cents and logs in with every outcome.
+    for series, value in [
+        (key(REVENUE, "currency", "EUR"), 100.0),
+        (key(ORDERS, "status", "completed"), 1.0),
+        (key(LOGINS, "outcome", "success"), 1.0),
+    ]:
+        trace_id, span_id, served = run.exemplars[series]
+        assert re.fullmatch("[0-9a-f]{32}", trace_id), trace_id
+        assert re.fullmatch("[0-9a-f]{16}", span_id), span_id
+        assert served == value
+
+
+def exemplars_served(url: str) -> dict[Key, tuple[str, str, float]]:
+    """Return the exemplar of each series that an OpenMetrics scrape of ``url`` serves."""
+    from prometheus_client.openmetrics.parser import (  # noqa: PLC0415
+        text_string_to_metric_families,
+    )
+
+    accept = {"Accept": "application/openmetrics-text"}
+    request = urllib.request.Request(url, headers=accept)  # noqa: S310  a local server
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): (
+            sample.exemplar.labels["trace_id"],
+            sample.exemplar.labels["span_id"],
+            sample.exemplar.value,
+        )
+        for family in text_string_to_metric_families(text)  # type: ignore[no-untyped-call]
+        for sample in family.samples
+        if sample.exemplar is not None
+    }
 
 
 def test_hypercorn_stops_when_a_worker_dies(tmp_path: Path) -> None:
