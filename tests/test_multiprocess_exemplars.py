@@ -470,6 +470,21 @@ print(os.getpid(), child)
     assert [stored.span_id for stored in by_file[child].values()] == [2]
 
 
+def test_after_a_fork_the_child_lets_go_of_its_parents_file(in_multiprocess_mode: Path) -> None:
+    """The fork hook closes the parent's file in the child, whose next write opens its own."""
+    _exemplars.writer.write("series", 1, 1, 1, 1.0)
+    descriptor = _exemplars.writer._descriptor
+    assert descriptor is not None
+    _exemplars.writer.after_fork_in_child()
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(descriptor)
+    _exemplars.writer.write("series", 2, 2, 2, 2.0)
+    assert own_file(in_multiprocess_mode)["series"].span_id == 2
+    # A real child has a pid, and so a file, of its own; here the pid is the same, and
+    # the reopened writer goes on after the slot it finds.
+    assert own_file(in_multiprocess_mode)["series"].sequence == 2
+
+
 def test_clear_keeps_this_processs_exemplars(
     run_python: Callable[..., str], directory: Path
 ) -> None:

@@ -84,11 +84,18 @@ class Writer:
     def __init__(self) -> None:
         """Open nothing yet."""
         self._forget()
-        os.register_at_fork(after_in_child=self._forget)
+        os.register_at_fork(after_in_child=self.after_fork_in_child)
+
+    def after_fork_in_child(self) -> None:
+        """Let go of the parent's file, which the child must never write to."""
+        if self._map is not None:
+            self._map.close()  # the child's mapping only
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+        self._forget()
 
     def _forget(self) -> None:
-        # After a fork the parent's map is shared with the parent: the child must never
-        # write to it, and its lock may have been held by a thread that the fork lost.
+        # A fork may have copied the lock held by a thread that the child does not have.
         self._lock = threading.RLock()
         self._map: mmap.mmap | None = None
         self._descriptor: int | None = None
