@@ -34,6 +34,7 @@ from veza_business_metrics import (
     BusinessMetrics,
     LoginOutcome,
     OrderStatus,
+    _exemplars,
     disable_trace_exemplars,
     enable_trace_exemplars,
 )
@@ -412,6 +413,56 @@ def test_a_hostile_span_context_attaches_nothing(
     record_in(span_context, metrics.record_order_created)
     assert exemplars(registry) == {}
     assert metrics.orders_total.labels("created")._value.get() == 1
+
+
+class FailingSpan(NonRecordingSpan):
+    """A span whose context cannot be read: its method raises."""
+
+    def get_span_context(self) -> SpanContext:
+        """Raise, as a broken span class might."""
+        message = "no context"
+        raise RuntimeError(message)
+
+
+class FailingSpanContext(SpanContext):
+    """A span context whose trace id cannot be read: its property raises."""
+
+    @property
+    def trace_id(self) -> int:
+        """Raise, as a broken context class might."""
+        message = "no trace id"
+        raise RuntimeError(message)
+
+
+@pytest.mark.parametrize(
+    "span",
+    [
+        FailingSpan(trace.INVALID_SPAN_CONTEXT),
+        NonRecordingSpan(
+            FailingSpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        ),
+    ],
+    ids=["context raises", "trace id raises"],
+)
+def test_a_span_that_raises_counts_without_exemplar(
+    metrics: BusinessMetrics, registry: CollectorRegistry, span: NonRecordingSpan
+) -> None:
+    """A span whose context or ids raise when read fails no call: it counts, unexemplared."""
+    with trace.use_span(span):
+        metrics.record_order_created()
+    assert exemplars(registry) == {}
+    assert metrics.orders_total.labels("created")._value.get() == 1
+
+
+def test_a_forked_child_gets_a_lock_of_its_own_for_the_switch() -> None:
+    """The fork hook gives the child a free lock, even if a parent's thread held the old one."""
+    held = _exemplars._lock
+    with held:
+        _exemplars._after_fork_in_child()
+        assert _exemplars._lock is not held
+        assert not _exemplars._lock.locked()
+        enable_trace_exemplars()
+        disable_trace_exemplars()
 
 
 @pytest.mark.parametrize("value", [INVALID_SPAN, "a span", 42, None], ids=repr)

@@ -1452,6 +1452,18 @@ CORRUPTIONS: Final[dict[str, Callable[[Path], object]]] = {
 }
 
 
+def test_a_file_sized_but_never_written_holds_nothing(
+    directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file of zeros, which a process killed while creating it leaves, holds nothing."""
+    (directory / f"counter_{2**22 + 9}.db").write_bytes(bytes(65_536))
+    with caplog.at_level(logging.ERROR, logger="veza_business_metrics.multiprocess"):
+        assert scrape(directory) == {}
+        assert multiprocess.sweep(directory) == 1
+    assert caplog.text == ""
+    assert file_names(directory) == {"counter_archive.db"}
+
+
 @pytest.mark.parametrize("corruption", CORRUPTIONS)
 def test_a_corrupt_file_is_set_aside_never_merged(
     directory: Path,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import random
+import shutil
 import signal
 import time
 import urllib.request
@@ -352,13 +354,13 @@ def test_a_traced_child_in_multiprocess_mode_writes_what_the_collector_serves(
 
 def test_a_writer_goes_on_after_the_slots_its_pid_left(in_multiprocess_mode: Path) -> None:
     """A writer that finds its pid's file keeps its exemplars and continues each sequence."""
-    _exemplars.Writer().write("first", 1, 1, 1, 1.0)
-    _exemplars.writer.write("first", 2, 2, 2, 2.0)
-    _exemplars.writer.write("second", 3, 3, 3, 3.0)
+    _exemplars.Writer().write(series_key(1), 1, 1, 1, 1.0)
+    _exemplars.writer.write(series_key(1), 2, 2, 2, 2.0)
+    _exemplars.writer.write(series_key(2), 3, 3, 3, 3.0)
     stored = own_file(in_multiprocess_mode)
     assert {key: (e.sequence, e.value) for key, e in stored.items()} == {
-        "first": (2, 2.0),
-        "second": (1, 3.0),
+        series_key(1): (2, 2.0),
+        series_key(2): (1, 3.0),
     }
 
 
@@ -368,8 +370,8 @@ def test_a_writer_starts_again_a_file_that_holds_no_exemplar_of_this_release(
 ) -> None:
     """An empty, unwritten, short or foreign file under this pid is started again, then written."""
     (in_multiprocess_mode / _exemplars.file_name(os.getpid())).write_bytes(left)
-    _exemplars.writer.write("series", 5, 5, 5, 5.0)
-    assert own_file(in_multiprocess_mode) == {"series": _exemplars.Stored(5.0, 1, 5.0, 5, 5)}
+    _exemplars.writer.write(series_key(5), 5, 5, 5, 5.0)
+    assert own_file(in_multiprocess_mode) == {series_key(5): _exemplars.Stored(5.0, 1, 5.0, 5, 5)}
 
 
 @pytest.mark.parametrize(("data", "read"), [(b"", {}), (bytes(16), {}), (bytes(4000), {})])
@@ -399,25 +401,138 @@ def test_a_signal_handler_that_records_during_a_write_leaves_every_exemplar_whol
             return
         handling.append(True)
         number = 10_000 + len(written)
-        written[f"signal {number}"] = number
-        _exemplars.writer.write(f"signal {number}", number, number, number, 1.0)
+        written[series_key(number)] = number
+        _exemplars.writer.write(series_key(number), number, number, number, 1.0)
         handling.clear()
 
     previous = signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
     try:
         for number in range(1, 600):
-            written[f"main {number}"] = number
-            _exemplars.writer.write(f"main {number}", number, number, number, 1.0)
+            written[series_key(number)] = number
+            _exemplars.writer.write(series_key(number), number, number, number, 1.0)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     stored = {key: exemplar.span_id for key, exemplar in own_file(in_multiprocess_mode).items()}
-    assert {key: written[key] for key in written if key.startswith("main")}.items() <= (
+    assert {key: number for key, number in written.items() if number < 10_000}.items() <= (
         stored.items()
     )
     assert stored.items() <= written.items()
-    assert any(key.startswith("signal") for key in stored)
+    assert any(number >= 10_000 for number in stored.values())
+
+
+def series_key(number: int) -> str:
+    """Return the key of a series of a test counter, as ``key_of`` writes it."""
+    return json.dumps(["metric", "metric_total", {"n": str(number)}])
+
+
+@pytest.mark.parametrize(
+    "obstacle", ["directory", "symlink", "no variable"], ids=lambda obstacle: obstacle
+)
+def test_a_file_that_cannot_be_opened_fails_no_call(
+    in_multiprocess_mode: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    obstacle: str,
+) -> None:
+    """A writer that cannot open its file logs it once and keeps no exemplar, never raising."""
+    path = in_multiprocess_mode / _exemplars.file_name(os.getpid())
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not to be written over")
+    if obstacle == "directory":
+        path.mkdir()
+    elif obstacle == "symlink":
+        path.symlink_to(victim)
+    else:
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    with caplog.at_level(logging.WARNING, "veza_business_metrics.multiprocess"):
+        for number in range(1, 4):
+            _exemplars.writer.write(series_key(number), number, number, number, 1.0)
+    assert [record.message.split(":")[0] for record in caplog.records] == [
+        f"Keeping no more trace exemplars in process {os.getpid()}, whose events are still counted"
+    ]
+    assert victim.read_bytes() == b"not to be written over"
+    assert served(in_multiprocess_mode) == {}
+
+
+def test_a_slot_that_cannot_be_allocated_gives_up_without_a_crash(
+    in_multiprocess_mode: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file system that refuses a new slot's page stops the exemplars, not the process."""
+    _exemplars.writer.write(series_key(1), 1, 1, 1, 1.0)
+    descriptor = _exemplars.writer._descriptor
+    assert descriptor is not None
+    # A descriptor that cannot grow the file, as a full tmpfs cannot, in the writer's place.
+    refusing = os.open(in_multiprocess_mode / _exemplars.file_name(os.getpid()), os.O_RDONLY)
+    os.dup2(refusing, descriptor)
+    os.close(refusing)
+    with caplog.at_level(logging.WARNING, "veza_business_metrics.multiprocess"):
+        _exemplars.writer.write(series_key(2), 2, 2, 2, 2.0)
+        _exemplars.writer.write(series_key(1), 3, 3, 3, 3.0)
+    assert "Bad file descriptor" in caplog.text
+    assert {key: exemplar.span_id for key, exemplar in own_file(in_multiprocess_mode).items()} == {
+        series_key(1): 1
+    }
+
+
+def test_a_slot_that_names_no_series_is_never_read_nor_merged(
+    in_multiprocess_mode: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whole slots whose key or values no release writes are skipped, and kept from archives."""
+    foreign = json.dumps(["metric", "metric_total", {"n": ["a list"]}])
+    _exemplars.writer.write(foreign, 1, 1, 1, 1.0)
+    _exemplars.writer.write('"a string"', 1, 1, 1, 1.0)
+    _exemplars.writer.write(series_key(1), math.nan, 1, 1, 1.0)
+    _exemplars.writer.write(series_key(2), 1, 1, 1, math.inf)
+    _exemplars.writer.write(series_key(3), 3, 3, 3, 3.0)
+    assert list(own_file(in_multiprocess_mode)) == [series_key(3)]
+    # The same file, as a process that is gone left it: merged into the archive.
+    own = in_multiprocess_mode / _exemplars.file_name(os.getpid())
+    shutil.copyfile(own, in_multiprocess_mode / _exemplars.file_name(2**22 + 5))
+    with caplog.at_level(logging.ERROR):
+        multiprocess.sweep(in_multiprocess_mode)
+        assert served(in_multiprocess_mode) == {}
+    record = (in_multiprocess_mode / "counter_archive.db").read_bytes()
+    assert series_key(3).encode() in record.replace(b'\\"', b'"')
+    assert b"a list" not in record
+    assert caplog.text == ""
+
+
+def test_a_process_forked_without_the_fork_hooks_writes_its_own_file(
+    run_python: Callable[..., str], directory: Path
+) -> None:
+    """A child forked in C, as uWSGI forks its workers, still writes a file of its own."""
+    program = """
+import ctypes, os
+from opentelemetry import trace
+import veza_business_metrics as business
+
+business.enable_trace_exemplars()
+
+def record(number):
+    flags = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+    ids = trace.SpanContext(number, number, is_remote=False, trace_flags=flags)
+    with trace.use_span(trace.NonRecordingSpan(ids)):
+        business.record_revenue(number, "EUR")
+
+record(1)
+# libc's fork runs none of Python's fork hooks.
+child = ctypes.CDLL(None, use_errno=True).fork()
+if child == 0:
+    record(2)
+    os._exit(0)
+os.waitpid(child, 0)
+print(os.getpid(), child)
+"""
+    parent, child = run_python(program, {"PROMETHEUS_MULTIPROC_DIR": str(directory)}).split()
+    by_file = {
+        pid: _exemplars.read_file(directory / _exemplars.file_name(int(pid)))
+        for pid in (parent, child)
+    }
+    assert [stored.span_id for stored in by_file[parent].values()] == [1]
+    assert [stored.span_id for stored in by_file[child].values()] == [2]
 
 
 def test_the_limits_of_a_file_skip_the_exemplar_never_the_scrape(
@@ -426,13 +541,13 @@ def test_the_limits_of_a_file_skip_the_exemplar_never_the_scrape(
     """A key too long, a series past the file's capacity or a foreign key fails nothing."""
     _exemplars.writer.write("k" * (_exemplars.MAX_KEY_BYTES + 1), 1, 1, 1, 1.0)
     for index in range(_exemplars.CAPACITY + 1):
-        _exemplars.writer.write(f"series {index}", index, index + 1, index + 1, 1.0)
+        _exemplars.writer.write(series_key(index), index, index + 1, index + 1, 1.0)
     stored = own_file(in_multiprocess_mode)
     assert len(stored) == _exemplars.CAPACITY
-    assert f"series {_exemplars.CAPACITY - 1}" in stored
-    assert f"series {_exemplars.CAPACITY}" not in stored
+    assert series_key(_exemplars.CAPACITY - 1) in stored
+    assert series_key(_exemplars.CAPACITY) not in stored
     assert "k" * (_exemplars.MAX_KEY_BYTES + 1) not in stored
-    # Keys that no counter of this library has are read, and attached to no sample.
+    # Series that no counter of this process has are read, and attached to no sample.
     assert served(in_multiprocess_mode) == {}
 
 
@@ -472,17 +587,17 @@ print(os.getpid(), child)
 
 def test_after_a_fork_the_child_lets_go_of_its_parents_file(in_multiprocess_mode: Path) -> None:
     """The fork hook closes the parent's file in the child, whose next write opens its own."""
-    _exemplars.writer.write("series", 1, 1, 1, 1.0)
+    _exemplars.writer.write(series_key(1), 1, 1, 1, 1.0)
     descriptor = _exemplars.writer._descriptor
     assert descriptor is not None
     _exemplars.writer.after_fork_in_child()
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(descriptor)
-    _exemplars.writer.write("series", 2, 2, 2, 2.0)
-    assert own_file(in_multiprocess_mode)["series"].span_id == 2
+    _exemplars.writer.write(series_key(1), 2, 2, 2, 2.0)
+    assert own_file(in_multiprocess_mode)[series_key(1)].span_id == 2
     # A real child has a pid, and so a file, of its own; here the pid is the same, and
     # the reopened writer goes on after the slot it finds.
-    assert own_file(in_multiprocess_mode)["series"].sequence == 2
+    assert own_file(in_multiprocess_mode)[series_key(1)].sequence == 2
 
 
 def test_clear_keeps_this_processs_exemplars(

@@ -8,6 +8,7 @@ that the record path checks nothing while exemplars are disabled.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -40,6 +41,15 @@ _current_context: Callable[[], Mapping[str, object]]
 _span_key: str
 _span_type: type
 _span_context_type: type
+
+
+def _after_fork_in_child() -> None:
+    # A thread that the child does not have may have held the lock at the fork.
+    global _lock  # noqa: PLW0603
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def enable_trace_exemplars() -> None:
@@ -195,12 +205,15 @@ def _ids(span: object) -> tuple[int, int] | None:
     # recorded event never fails because of its span.
     if not isinstance(span, _span_type):
         return None
-    span_context = cast("Span", span).get_span_context()
-    if not isinstance(span_context, _span_context_type):
+    try:
+        span_context = cast("Span", span).get_span_context()
+        if not isinstance(span_context, _span_context_type):
+            return None
+        trace_id: object = span_context.trace_id
+        span_id: object = span_context.span_id
+        flags: object = span_context.trace_flags
+    except Exception:  # noqa: BLE001  a span of any class, whose methods may raise anything
         return None
-    trace_id: object = span_context.trace_id
-    span_id: object = span_context.span_id
-    flags: object = span_context.trace_flags
     if (
         type(trace_id) is int
         and type(span_id) is int

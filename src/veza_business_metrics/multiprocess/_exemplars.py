@@ -16,7 +16,10 @@ The only prometheus_client internals it relies on are the counter child's ``_nam
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import math
 import mmap
 import os
 import struct
@@ -43,6 +46,11 @@ _CHECKSUM: Final = struct.Struct("<I")
 CAPACITY: Final = 1024
 FILE_SIZE: Final = _HEADER_SIZE + CAPACITY * _SLOT_SIZE
 _MASK_64: Final = 2**64 - 1
+LOG: Final = logging.getLogger(__package__)
+# Keys already checked, with whether they name a series; bounded, since anyone who can
+# write to the directory can write any key.
+_MAX_CHECKED_KEYS: Final = 10_000
+_checked_keys: dict[bytes, bool] = {}
 
 
 class Stored(NamedTuple):
@@ -78,7 +86,9 @@ class Writer:
     """Write each series' newest exemplar of this process to its file.
 
     The file is opened at the first write, and again at the first write after a fork,
-    in the directory that ``PROMETHEUS_MULTIPROC_DIR`` names then.
+    in the directory that ``PROMETHEUS_MULTIPROC_DIR`` names then. If it cannot be
+    opened or grown, the process logs why once and keeps no more exemplars: its events
+    are still counted, and no ``record_*`` call fails because of an exemplar.
     """
 
     def __init__(self) -> None:
@@ -104,6 +114,9 @@ class Writer:
         self._slots: dict[str, tuple[int, int, int]] = {}
         # The thread in the middle of a write, if any.
         self._writing: int | None = None
+        # The process that opened the file, or None.
+        self._pid: int | None = None
+        self._given_up = False
 
     def write(self, key: str, value: float, trace_id: int, span_id: int, timestamp: float) -> None:
         """Make the exemplar the newest of the series ``key`` in this process's file.
@@ -115,10 +128,15 @@ class Writer:
             span_id: The span's id, below 2**64.
             timestamp: When the increment happened, in seconds since the epoch.
         """
+        # A server that forks without running Python's fork hooks, as uWSGI does unless
+        # told otherwise, gives its workers the master's writer: each would write to the
+        # master's file, a copy of its slots each.
+        if self._pid is not None and self._pid != os.getpid():
+            self.after_fork_in_child()
         thread = threading.get_ident()
         # A signal handler that records in the middle of its thread's write would find
         # the writer's state half changed: its exemplar is dropped, its count is not.
-        if self._writing == thread:
+        if self._given_up or self._writing == thread:
             return
         # Reentrant, so that a handler that runs after the lock is taken, or before it
         # is let go, but outside the write, neither deadlocks nor is dropped.
@@ -126,6 +144,14 @@ class Writer:
             self._writing = thread
             try:
                 self._write(key, value, trace_id, span_id, timestamp)
+            except OSError as error:
+                self._given_up = True
+                LOG.warning(
+                    "Keeping no more trace exemplars in process %d, whose events are"
+                    " still counted: %s",
+                    os.getpid(),
+                    error,
+                )
             finally:
                 self._writing = None
 
@@ -150,10 +176,22 @@ class Writer:
     def _open(self) -> None:
         # prometheus_client set it from the lower-case name, if need be, when it created
         # the counters' values, which it did before any exemplar.
-        directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory is None:
+            raise FileNotFoundError(errno.ENOENT, "PROMETHEUS_MULTIPROC_DIR is not set")
         path = os.path.join(directory, file_name(os.getpid()))  # noqa: PTH118
         # Kept open for the process's life: a merge sees in /proc that the file is in use.
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Never through a link, which could make it write over any file.
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            self._map_file(descriptor)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        self._descriptor = descriptor
+        self._pid = os.getpid()
+
+    def _map_file(self, descriptor: int) -> None:
         os.fchmod(descriptor, 0o644)
         # A process that had this pid before may have left its exemplars, not merged
         # yet: they are kept, and this process goes on after their slots.
@@ -166,8 +204,8 @@ class Writer:
             os.ftruncate(descriptor, 0)
             os.pwrite(descriptor, _HEADER.pack(_MAGIC, _VERSION, 0), 0)
         os.ftruncate(descriptor, FILE_SIZE)
+        os.posix_fallocate(descriptor, 0, _HEADER_SIZE)
         self._map = mmap.mmap(descriptor, FILE_SIZE)
-        self._descriptor = descriptor
         for index, key in enumerate(_keys(self._map)):
             newest = (stored or {}).get(key)
             self._slots[key] = (
@@ -183,6 +221,11 @@ class Writer:
         if len(encoded) > MAX_KEY_BYTES or used >= CAPACITY:
             return None
         offset = _HEADER_SIZE + used * _SLOT_SIZE
+        # A page of a sparse file is allocated when first written: on a full tmpfs, that
+        # write through the map would kill the process with SIGBUS. Allocated first, a
+        # full file system raises OSError instead.
+        assert self._descriptor is not None  # noqa: S101  _open() ran
+        os.posix_fallocate(self._descriptor, offset, _SLOT_SIZE)
         self._map[offset : offset + _KEY_LENGTH.size + len(encoded)] = (
             _KEY_LENGTH.pack(len(encoded)) + encoded
         )
@@ -235,11 +278,32 @@ def read(data: bytes) -> dict[str, Stored]:
         offset = _HEADER_SIZE + index * _SLOT_SIZE
         encoded = _key_at(data, offset)
         newest = _newest_half(data, offset, zlib.crc32(encoded))
-        # A half is whole only if its checksum, which starts from the key's, matches: the
-        # key is then the very one the writer wrote, UTF-8.
-        if newest is not None:
-            stored[encoded.decode("utf-8", "replace")] = newest
+        # A half is whole only if its checksum, which starts from the key's, matches;
+        # but anyone who can write to the directory can write a whole slot.
+        if newest is not None and _names_a_series(encoded):
+            stored[encoded.decode()] = newest
     return stored
+
+
+def _names_a_series(key: bytes) -> bool:
+    """Tell whether ``key`` is the JSON of ``[metric name, sample name, labels]``."""
+    checked = _checked_keys.get(key)
+    if checked is None:
+        try:
+            metric_name, name, labels = json.loads(key)
+        except (ValueError, TypeError):  # not UTF-8 nor JSON, or not three items
+            checked = False
+        else:
+            checked = (
+                type(metric_name) is str
+                and type(name) is str
+                and type(labels) is dict
+                and all(type(k) is str and type(v) is str for k, v in labels.items())
+            )
+        if len(_checked_keys) >= _MAX_CHECKED_KEYS:
+            _checked_keys.clear()
+        _checked_keys[key] = checked
+    return checked
 
 
 def _newest_half(data: bytes, offset: int, key_checksum: int) -> Stored | None:
@@ -250,7 +314,8 @@ def _newest_half(data: bytes, offset: int, key_checksum: int) -> Stored | None:
         (checksum,) = _CHECKSUM.unpack_from(data, half + _HALF.size)
         if zlib.crc32(body, key_checksum) == checksum:
             sequence, value, timestamp, high, low, span_id = _HALF.unpack(body)
-            if sequence and (newest is None or sequence > newest.sequence):
+            whole = sequence and math.isfinite(value) and math.isfinite(timestamp)
+            if whole and (newest is None or sequence > newest.sequence):
                 newest = Stored(timestamp, sequence, value, high << 64 | low, span_id)
     return newest
 

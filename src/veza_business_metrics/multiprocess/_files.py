@@ -129,11 +129,9 @@ def _attach(families: Iterable[Metric], exemplars: dict[str, _exemplars.Stored])
     """Give each sample that has an exemplar in ``exemplars`` the newest one."""
     by_sample: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Exemplar]] = {}
     for key, stored in exemplars.items():
-        try:
-            metric_name, name, labels = json.loads(key)
-            series = (name, tuple(sorted(labels.items())))
-        except (ValueError, TypeError, AttributeError):  # a key no release of ours wrote
-            continue
+        # Only keys of that shape are read from a file of exemplars, or kept in an archive.
+        metric_name, name, labels = json.loads(key)
+        series = (name, tuple(sorted(labels.items())))
         labelled = {"trace_id": f"{stored.trace_id:032x}", "span_id": f"{stored.span_id:016x}"}
         exemplar = Exemplar(labelled, stored.value, stored.timestamp)
         by_sample.setdefault(metric_name, {})[series] = exemplar
@@ -240,14 +238,7 @@ def entries(path: str | os.PathLike[str], kind: str) -> dict[str, float]:
     """
     with open(path, "rb") as file:  # noqa: PTH123
         data = file.read()
-    if not data:  # killed between creating its file and sizing it
-        return {}
-    if len(data) < _HEADER:
-        raise CorruptFileError(_TRUNCATED, "it is shorter than its header")
-    (used,) = struct.unpack_from("i", data)
-    if not _HEADER <= used <= len(data):
-        msg = f"its used length {used} is outside the file's {len(data)} bytes"
-        raise CorruptFileError(_TRUNCATED, msg)
+    used = _used_length(data)
     values = {}
     position = _HEADER
     while position < used:
@@ -274,6 +265,29 @@ def entries(path: str | os.PathLike[str], kind: str) -> dict[str, float]:
         values[key] = value
         position = end
     return values
+
+
+def _used_length(data: bytes) -> int:
+    """Return the used length of a prometheus_client file's contents; 8 if it holds nothing.
+
+    Raises:
+        CorruptFileError: If it is shorter than its header, or its used length is outside
+            the file.
+    """
+    # prometheus_client creates a file empty, sizes it, then writes the used length: a
+    # process killed in between leaves no byte, or zeros, which its reader reads as
+    # nothing too.
+    if not data:
+        return _HEADER
+    if len(data) < _HEADER:
+        raise CorruptFileError(_TRUNCATED, "it is shorter than its header")
+    (used,) = struct.unpack_from("i", data)
+    if used == 0:
+        return _HEADER
+    if not _HEADER <= used <= len(data):
+        msg = f"its used length {used} is outside the file's {len(data)} bytes"
+        raise CorruptFileError(_TRUNCATED, msg)
+    return int(used)
 
 
 def _check_key(kind: str, key: str) -> bool:
