@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
 import sys
 import threading
 import urllib.request
@@ -666,6 +667,21 @@ sys.stdout.write(generate_latest(registry).decode())
         (LOGINS, (("outcome", "success"),)),
         (REVENUE, (("currency", "EUR"),)),
     ]
+
+
+def test_a_program_that_ends_with_recorders_alive_prints_nothing_at_exit() -> None:
+    """Recorders still alive when the interpreter ends leave no error on stderr."""
+    program = """
+from prometheus_client import CollectorRegistry
+import veza_business_metrics as business
+
+recorders = [business.BusinessMetrics(CollectorRegistry()) for _ in range(3)]
+business.enable_trace_exemplars()
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_importing_the_package_does_not_import_opentelemetry(

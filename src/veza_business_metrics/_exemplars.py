@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from prometheus_client.samples import Exemplar
 
@@ -33,8 +33,9 @@ enabled = False
 # Held while enabled changes and the recorders are rewired, so that a recorder created
 # meanwhile is wired as the flag ends up.
 _lock = threading.Lock()
-# Each recorder's method that rewires its children, kept while the recorder lives.
-_wirings: set[weakref.WeakMethod[Callable[..., None]]] = set()
+# Every recorder, kept while it lives. A WeakSet, not a set of WeakMethods, whose
+# callbacks fail, and print so, when the interpreter tears them down before a recorder.
+_recorders: weakref.WeakSet[Wired] = weakref.WeakSet()
 # Set on the first enable_trace_exemplars(), and kept after a disable, so that a call
 # that took a Traced child just before the disable still finds them.
 _current_context: Callable[[], Mapping[str, object]]
@@ -104,26 +105,30 @@ def disable_trace_exemplars() -> None:
     _set(traced=False)
 
 
-def register(wire: Callable[..., None]) -> None:
-    """Call ``wire(traced=...)`` now and whenever exemplars are enabled or disabled.
+class Wired(Protocol):
+    """A recorder, whose children the exemplar switch rewires."""
+
+    def _wire(self, *, traced: bool) -> None:
+        """Cache every child, wrapped in ``Traced`` if ``traced``."""
+
+
+def register(recorder: Wired) -> None:
+    """Call ``recorder._wire(traced=...)`` now and whenever exemplars are switched.
 
     Args:
-        wire: A recorder's bound method that caches its children, wrapped in ``Traced``
-            when ``traced`` is true. Only a weak reference to it is kept.
+        recorder: A recorder. Only a weak reference to it is kept.
     """
     with _lock:
-        _wirings.add(weakref.WeakMethod(wire, _wirings.discard))
-        wire(traced=enabled)
+        _recorders.add(recorder)
+        recorder._wire(traced=enabled)  # noqa: SLF001
 
 
 def _set(*, traced: bool) -> None:
     global enabled  # noqa: PLW0603  # the recorders read it when they cache a new child
     with _lock:
         enabled = traced
-        # A recorder that another thread just dropped may be gone before its reference
-        # leaves the set: filter() skips it.
-        for wire in filter(None, [reference() for reference in list(_wirings)]):
-            wire(traced=traced)
+        for recorder in list(_recorders):
+            recorder._wire(traced=traced)  # noqa: SLF001
 
 
 def traced(child: Counter) -> Traced:

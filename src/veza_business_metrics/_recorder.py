@@ -305,7 +305,7 @@ class Recorder:
         # at 0 from the start: rate() and absent() then work before the first event.
         self._logins = {o.value: self.logins_total.labels(o.value) for o in LoginOutcome}
         self._orders = {s.value: self.orders_total.labels(s.value) for s in OrderStatus}
-        _exemplars.register(self._wire)
+        _exemplars.register(self)
 
     def _wire(self, *, traced: bool) -> None:
         """Cache every child for the record path, wrapped to attach exemplars if ``traced``.
