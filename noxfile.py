@@ -51,6 +51,9 @@ INTERNALS_TESTS = [
     "tests/test_recorder.py",
     "tests/test_metrics.py",
     "tests/test_celery.py",
+    # A counter child's _value, _name, _labelnames and _labelvalues, for exemplars.
+    "tests/test_exemplars.py",
+    "tests/test_multiprocess_exemplars.py",
     # prometheus_client's own multiprocess tests, from the sdist of the installed version.
     "tests/test_upstream.py",
 ]

@@ -157,6 +157,7 @@ def test_recycled_and_killed_workers_always_serve_the_newest_exemplar(
     )
 
 
+@pytest.mark.ours
 def test_a_writer_killed_at_any_point_never_leaves_a_torn_exemplar(
     directory: Path, workers: list[Worker]
 ) -> None:
@@ -389,6 +390,7 @@ def test_a_file_cut_short_is_refused(data: bytes) -> None:
         _exemplars.read(data)
 
 
+@pytest.mark.ours
 def test_a_signal_handler_that_records_during_a_write_leaves_every_exemplar_whole(
     in_multiprocess_mode: Path,
 ) -> None:
@@ -500,6 +502,7 @@ def test_a_slot_that_names_no_series_is_never_read_nor_merged(
     assert caplog.text == ""
 
 
+@pytest.mark.ours
 def test_a_process_forked_without_the_fork_hooks_writes_its_own_file(
     run_python: Callable[..., str], directory: Path
 ) -> None:
@@ -551,6 +554,7 @@ def test_the_limits_of_a_file_skip_the_exemplar_never_the_scrape(
     assert served(in_multiprocess_mode) == {}
 
 
+@pytest.mark.ours
 def test_a_forked_child_writes_its_own_file(
     run_python: Callable[..., str], directory: Path
 ) -> None:
