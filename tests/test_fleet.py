@@ -424,7 +424,7 @@ def test_no_shipped_rule_or_panel_reads_the_differences() -> None:
     """Every selector names a *_total counter or a recorded series, never _created or metadata."""
     exprs = shipped_exprs()
     selectors = [selector for expr in exprs for selector in vector_selectors(expr)]
-    assert len(exprs) == 27 + 12  # the rules, the panel queries
+    assert len(exprs) == 27 + 12 + 4  # the rules, the panel queries, the exemplar queries
     for selector in selectors:
         name = selector.name or ""
         assert name.endswith("_total") or name.startswith("veza_business:"), name
