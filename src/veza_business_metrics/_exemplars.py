@@ -12,15 +12,23 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from prometheus_client.samples import Exemplar
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from typing import Protocol
 
     from opentelemetry.trace import Span
     from prometheus_client import Counter
+
+    class Wired(Protocol):
+        """A recorder, whose children the exemplar switch rewires."""
+
+        def _wire(self, *, traced: bool) -> None:
+            """Cache every child, wrapped in ``Traced`` if ``traced``."""
+
 
 EXTRA: Final = "veza-business-metrics[otel]"
 # W3C trace context: a trace id is 16 bytes, a span id 8, and all zeros is invalid.
@@ -103,13 +111,6 @@ def disable_trace_exemplars() -> None:
     The exemplars already attached stay on their series until a newer one replaces them.
     """
     _set(traced=False)
-
-
-class Wired(Protocol):
-    """A recorder, whose children the exemplar switch rewires."""
-
-    def _wire(self, *, traced: bool) -> None:
-        """Cache every child, wrapped in ``Traced`` if ``traced``."""
 
 
 def register(recorder: Wired) -> None:
