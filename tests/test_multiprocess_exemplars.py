@@ -430,7 +430,7 @@ def series_key(number: int) -> str:
 
 
 @pytest.mark.parametrize(
-    "obstacle", ["directory", "symlink", "no variable"], ids=lambda obstacle: obstacle
+    "obstacle", ["directory", "symlink", "fifo", "no variable"], ids=lambda obstacle: obstacle
 )
 def test_a_file_that_cannot_be_opened_fails_no_call(
     in_multiprocess_mode: Path,
@@ -447,6 +447,8 @@ def test_a_file_that_cannot_be_opened_fails_no_call(
         path.mkdir()
     elif obstacle == "symlink":
         path.symlink_to(victim)
+    elif obstacle == "fifo":  # opens, then cannot be read at an offset
+        os.mkfifo(path)
     else:
         monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     with caplog.at_level(logging.WARNING, "veza_business_metrics.multiprocess"):
@@ -591,6 +593,7 @@ print(os.getpid(), child)
 
 def test_after_a_fork_the_child_lets_go_of_its_parents_file(in_multiprocess_mode: Path) -> None:
     """The fork hook closes the parent's file in the child, whose next write opens its own."""
+    _exemplars.Writer().after_fork_in_child()  # a writer that never opened: nothing to close
     _exemplars.writer.write(series_key(1), 1, 1, 1, 1.0)
     descriptor = _exemplars.writer._descriptor
     assert descriptor is not None
@@ -602,6 +605,29 @@ def test_after_a_fork_the_child_lets_go_of_its_parents_file(in_multiprocess_mode
     # A real child has a pid, and so a file, of its own; here the pid is the same, and
     # the reopened writer goes on after the slot it finds.
     assert own_file(in_multiprocess_mode)[series_key(1)].sequence == 2
+
+
+def test_a_writer_inherited_without_the_fork_hooks_opens_a_file_of_its_own(
+    in_multiprocess_mode: Path,
+) -> None:
+    """A writer whose file another pid opened, as after a fork in C, lets it go first."""
+    _exemplars.writer.write(series_key(1), 1, 1, 1, 1.0)
+    # What a child forked without Python's fork hooks holds: its parent's open writer.
+    _exemplars.writer._pid = os.getpid() + 1
+    _exemplars.writer.write(series_key(1), 2, 2, 2, 2.0)
+    assert _exemplars.writer._pid == os.getpid()
+    assert own_file(in_multiprocess_mode)[series_key(1)].span_id == 2
+
+
+def test_keys_are_checked_again_when_there_is_no_room_to_remember_them(
+    in_multiprocess_mode: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no room left to remember checked keys, every read checks them anew, alike."""
+    monkeypatch.setattr(_exemplars, "_MAX_CHECKED_KEYS", 0)
+    _exemplars.writer.write(series_key(1), 1, 1, 1, 1.0)
+    _exemplars.writer.write('"not a series"', 1, 1, 1, 1.0)
+    assert list(own_file(in_multiprocess_mode)) == list(own_file(in_multiprocess_mode))
+    assert list(own_file(in_multiprocess_mode)) == [series_key(1)]
 
 
 def test_clear_keeps_this_processs_exemplars(
