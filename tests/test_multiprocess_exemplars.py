@@ -504,42 +504,6 @@ def test_a_slot_that_names_no_series_is_never_read_nor_merged(
     assert caplog.text == ""
 
 
-@pytest.mark.ours
-def test_a_process_forked_without_the_fork_hooks_writes_its_own_file(
-    run_python: Callable[..., str], directory: Path
-) -> None:
-    """A child forked in C, as uWSGI forks its workers, still writes a file of its own."""
-    program = """
-import ctypes, os
-from opentelemetry import trace
-import veza_business_metrics as business
-
-business.enable_trace_exemplars()
-
-def record(number):
-    flags = trace.TraceFlags(trace.TraceFlags.SAMPLED)
-    ids = trace.SpanContext(number, number, is_remote=False, trace_flags=flags)
-    with trace.use_span(trace.NonRecordingSpan(ids)):
-        business.record_revenue(number, "EUR")
-
-record(1)
-# libc's fork runs none of Python's fork hooks.
-child = ctypes.CDLL(None, use_errno=True).fork()
-if child == 0:
-    record(2)
-    os._exit(0)
-os.waitpid(child, 0)
-print(os.getpid(), child)
-"""
-    parent, child = run_python(program, {"PROMETHEUS_MULTIPROC_DIR": str(directory)}).split()
-    by_file = {
-        pid: _exemplars.read_file(directory / _exemplars.file_name(int(pid)))
-        for pid in (parent, child)
-    }
-    assert [stored.span_id for stored in by_file[parent].values()] == [1]
-    assert [stored.span_id for stored in by_file[child].values()] == [2]
-
-
 def test_the_limits_of_a_file_skip_the_exemplar_never_the_scrape(
     in_multiprocess_mode: Path,
 ) -> None:
@@ -556,13 +520,19 @@ def test_the_limits_of_a_file_skip_the_exemplar_never_the_scrape(
     assert served(in_multiprocess_mode) == {}
 
 
+# Python's fork, which runs the fork hooks, and libc's, which runs none, as uWSGI forks
+# its workers unless told otherwise.
+FORKS: Final = {"os.fork": "os.fork()", "libc fork": "ctypes.CDLL(None).fork()"}
+
+
 @pytest.mark.ours
+@pytest.mark.parametrize("fork", FORKS.values(), ids=FORKS.keys())
 def test_a_forked_child_writes_its_own_file(
-    run_python: Callable[..., str], directory: Path
+    run_python: Callable[..., str], directory: Path, fork: str
 ) -> None:
-    """After a fork, the child's exemplars go to its own file, never to its parent's."""
-    program = """
-import os
+    """After a fork, hooks run or not, the child's exemplars go to its own file only."""
+    program = f"""
+import ctypes, os
 from opentelemetry import trace
 import veza_business_metrics as business
 
@@ -575,7 +545,7 @@ def record(number):
         business.record_revenue(number, "EUR")
 
 record(1)
-child = os.fork()
+child = {fork}
 if child == 0:
     record(2)
     os._exit(0)
