@@ -66,9 +66,11 @@ def enable_trace_exemplars() -> None:
 
     Each ``record_*`` call made inside a sampled span with a valid context then gives the
     series it increments the exemplar ``{"trace_id": ..., "span_id": ...}`` (lower-case
-    hex, 32 and 16 characters), with the increment as its value. prometheus_client serves
-    it in the OpenMetrics format, to scrapers that ask for that format. Calling it again
-    changes nothing.
+    hex, 32 and 16 characters), with the increment as its value. prometheus_client's
+    endpoints serve it in the OpenMetrics format, to scrapers that ask for that format;
+    in multiprocess mode, this package's collector and apps do, for every worker. A
+    process forked after the call inherits it; one started afresh calls it too. Calling
+    it again changes nothing.
 
     Raises:
         ModuleNotFoundError: If ``opentelemetry-api``, which the ``otel`` extra installs,

@@ -195,19 +195,21 @@ class Writer:
         os.fchmod(descriptor, 0o644)
         # A process that had this pid before may have left its exemplars, not merged
         # yet: they are kept, and this process goes on after their slots.
+        data = os.pread(descriptor, FILE_SIZE, 0)
         try:
-            stored = read(os.pread(descriptor, FILE_SIZE, 0))
+            stored = read(data) if data.startswith(_MAGIC) else None
         except BadExemplarFileError:
             stored = None
-        if stored is None or os.pread(descriptor, len(_MAGIC), 0) != _MAGIC:
+        if stored is None:
             # New, or damaged: started again empty, and sparse, which writing zeros is not.
             os.ftruncate(descriptor, 0)
             os.pwrite(descriptor, _HEADER.pack(_MAGIC, _VERSION, 0), 0)
+            stored = {}
         os.ftruncate(descriptor, FILE_SIZE)
         os.posix_fallocate(descriptor, 0, _HEADER_SIZE)
         self._map = mmap.mmap(descriptor, FILE_SIZE)
         for index, key in enumerate(_keys(self._map)):
-            newest = (stored or {}).get(key)
+            newest = stored.get(key)
             self._slots[key] = (
                 _HEADER_SIZE + index * _SLOT_SIZE,
                 0 if newest is None else newest.sequence,
